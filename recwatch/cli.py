@@ -1,0 +1,225 @@
+"""The ``recwatch`` command. The environment is read here and nowhere else (see ``recwatch --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from recwatch.settings import ENV_VARS, ConfigError, Settings
+
+
+def _env_help() -> str:
+    width = max(len(k) for k in ENV_VARS)
+    lines = [f"  {name:<{width}}  {text}" for name, text in ENV_VARS.items()]
+    return "environment variables:\n" + "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recwatch",
+        description="Serve and watch e-commerce ranking and recommendation models.",
+        epilog=_env_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    infra = sub.add_parser("infra", help="start, stop or show the local Kafka and store")
+    infra_sub = infra.add_subparsers(dest="action", required=True)
+    up = infra_sub.add_parser("up", help="start Kafka and the store (idempotent), create topics and tables")
+    up.add_argument("--brokers", type=int, choices=(1, 3), default=1, help="Kafka brokers on loopback")
+    up.add_argument(
+        "--clickhouse",
+        choices=("embedded", "server"),
+        default="embedded",
+        help="embedded: chDB (default); server: Debian's clickhouse-server, installed if absent",
+    )
+    infra_sub.add_parser("down", help="stop what `infra up` started (pid files); data is kept")
+    infra_sub.add_parser("status", help="print what runs where")
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a SavedModel over TF Serving's gRPC API (tensorflow_model_server's flag names)",
+    )
+    serve.add_argument("--port", type=int, default=8500, help="gRPC port")
+    serve.add_argument("--model_name", required=True)
+    serve.add_argument(
+        "--model_base_path", type=Path, required=True, help="directory holding <version>/ dirs"
+    )
+    serve.add_argument(
+        "--replica", default="", help="replica id in events (default: RECWATCH_REPLICA or host-port)"
+    )
+    serve.add_argument("--no-events", action="store_true", help="do not publish inference events")
+
+    worker = sub.add_parser("worker", help="run the stream worker: events -> raw rows and 10 s aggregates")
+    worker.add_argument("--window-seconds", type=int, default=10)
+    worker.add_argument("--group", default="recwatch-worker", help="Kafka consumer group (Faust app id)")
+
+    sql = sub.add_parser("sql", help="run SQL against the store (works while workers run)")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    demo = sub.add_parser(
+        "demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down"
+    )
+    demo.add_argument("--requests", type=int, default=200)
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        return int(_COMMANDS[args.command](settings, args) or 0)
+    except ConfigError as exc:
+        print(f"recwatch: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        from infra.errors import InfraError
+        from store.base import StoreError
+
+        if isinstance(exc, InfraError | StoreError):
+            print(f"recwatch: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _infra(settings: Settings, args: argparse.Namespace) -> int:
+    from infra import stack
+
+    if args.action == "up":
+        stack.up(settings, brokers=args.brokers, store_kind=args.clickhouse)
+    elif args.action == "down":
+        stack.down(settings)
+    else:
+        print(json.dumps(stack.status(settings), indent=2))
+    return 0
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import socket
+
+    from serving.server import ModelServer, ServeOptions
+
+    from infra import stack
+    from producers import KafkaEventPublisher, PublisherConfig
+    from serving.publisher import NullPublisher
+
+    replica = args.replica or settings.replica or f"{socket.gethostname()}-{args.port}"
+    publisher: Any
+    if args.no_events:
+        publisher = NullPublisher()
+    else:
+        publisher = KafkaEventPublisher(PublisherConfig(bootstrap=stack.bootstrap_servers(settings)))
+        publisher.start()
+    options = ServeOptions(
+        model_name=args.model_name, model_base_path=args.model_base_path, port=args.port, replica=replica
+    )
+    server = ModelServer(options, publisher)
+    server.start()
+    logging.getLogger("recwatch.serve").info(
+        "serving %s from %s on 127.0.0.1:%d as replica %s",
+        args.model_name,
+        args.model_base_path,
+        server.port,
+        replica,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        if isinstance(publisher, KafkaEventPublisher):
+            undelivered = publisher.close()
+            logging.getLogger("recwatch.serve").info(
+                "publisher closed: %s (undelivered %d)", publisher.stats.as_dict(), undelivered
+            )
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from infra import stack
+    from store import migrate, open_store
+    from stream_processors.app import WorkerSettings, run_worker
+
+    store = open_store(stack.store_url(settings))
+    store.connect()
+    migrate(store)
+    worker_settings = WorkerSettings(
+        bootstrap=stack.bootstrap_servers(settings),
+        data_dir=settings.home / "worker" / args.group,
+        app_id=args.group,
+        window_s=args.window_seconds,
+    )
+    try:
+        run_worker(worker_settings, store)
+    finally:
+        store.close()
+    return 0
+
+
+def _sql(settings: Settings, args: argparse.Namespace) -> int:
+    from infra import stack
+    from store import open_store
+
+    store = open_store(stack.store_url(settings))
+    store.connect()
+    try:
+        result = store.query(args.query)
+    finally:
+        store.close()
+    print(format_result(result.columns, result.rows, args.format), end="")
+    return 0
+
+
+def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
+    if fmt == "json":
+        return "".join(json.dumps(dict(zip(columns, row, strict=True)), default=str) + "\n" for row in rows)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return out.getvalue()
+    cells = [[str(c) for c in columns], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=True))
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return (
+        "\n".join(line.rstrip() for line in lines) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+    )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from recwatch.demo import run_demo
+
+    return run_demo(settings, requests=args.requests, keep=args.keep)
+
+
+_COMMANDS = {"infra": _infra, "serve": _serve, "worker": _worker, "sql": _sql, "demo": _demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

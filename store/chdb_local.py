@@ -1,0 +1,138 @@
+"""The embedded store: chDB (the ClickHouse engine) inside this process.
+
+chDB locks its data directory to one process. recwatch therefore runs one owner per directory: the store
+daemon (``store.daemon``, started by ``recwatch infra up``) when several processes need the store, or this
+class directly when only one does (tests, ``recwatch sql`` with nothing running).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from store.arrow import to_arrow
+from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError
+
+
+class ChdbStore:
+    def __init__(self, path: Path, database: str) -> None:
+        self.path = path
+        self.database = database
+        self.url = f"chdb://{path}?database={database}"
+        self._session: Any = None
+        self._lock = threading.Lock()
+        self._types: dict[str, dict[str, str]] = {}
+
+    def connect(self) -> None:
+        import chdb.session  # imported here: loading the engine takes ~1 s
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._session = chdb.session.Session(str(self.path))  # type: ignore[no-untyped-call]
+        except Exception as exc:  # chDB raises RuntimeError with the engine's message
+            raise StoreUnavailableError(
+                f"cannot open chDB data directory {self.path}: {exc} "
+                "(another process owns it? start the store daemon with `recwatch infra up`)"
+            ) from exc
+        self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+        self._run(f"USE {self.database}")
+        self._run("SET output_format_json_quote_64bit_integers = 0")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+                self._session = None
+
+    def server_version(self) -> tuple[int, ...]:
+        return parse_version(str(self.query("SELECT version()").scalar()))
+
+    def execute(self, sql: str) -> None:
+        self._run(sql)
+
+    def query(self, sql: str) -> QueryResult:
+        return parse_json_compact(self._run(sql, "JSONCompact"), sql)
+
+    def query_json(self, sql: str) -> bytes:
+        """The raw JSONCompact answer (what the daemon forwards to its clients)."""
+        return self._run(sql, "JSONCompact")
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        types = self.column_types(table)
+        block = to_arrow(columns, types)
+        return self.insert_arrow(table, block)
+
+    def insert_arrow(self, table: str, block: Any) -> int:
+        names = ", ".join(block.column_names)
+        # chDB's Python() table function resolves `block` by name in this frame.
+        self._run(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(block)", _block=block)
+        return int(block.num_rows)
+
+    def column_types(self, table: str) -> dict[str, str]:
+        cached = self._types.get(table)
+        if cached is None:
+            rows = self.query(f"DESCRIBE TABLE {table}").rows
+            cached = {str(r[0]): str(r[1]) for r in rows}
+            self._types[table] = cached
+        return cached
+
+    def _run(self, sql: str, fmt: str = "CSV", _block: Any = None) -> bytes:
+        if self._session is None:
+            raise StoreError("store is not connected: call connect() first")
+        block = _block  # noqa: F841 - visible to chDB's Python() table function
+        with self._lock:
+            try:
+                result = self._session.query(sql, fmt)
+            except Exception as exc:
+                raise QueryError(str(exc), sql) from exc
+        data: bytes = result.bytes() if result is not None else b""
+        return data
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def parse_json_compact(raw: bytes, sql: str) -> QueryResult:
+    if not raw.strip():
+        return QueryResult(columns=[], types=[], rows=[])
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise QueryError(f"unexpected answer from chDB: {raw[:200]!r}", sql) from exc
+    names = [m["name"] for m in doc["meta"]]
+    types = [m["type"] for m in doc["meta"]]
+    converters = [_converter(t) for t in types]
+    rows = [tuple(c(v) for c, v in zip(converters, row, strict=True)) for row in doc["data"]]
+    return QueryResult(columns=names, types=types, rows=rows)
+
+
+def _converter(ch_type: str) -> Any:
+    base = ch_type.removeprefix("LowCardinality(").removeprefix("Nullable(")
+    if base.startswith("DateTime"):
+        return _datetime
+    if base.startswith(("Int", "UInt")):
+        return _int
+    if base.startswith("Float"):
+        return _float
+    return _identity
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def _int(v: Any) -> Any:
+    return int(v) if isinstance(v, str) else v
+
+
+def _float(v: Any) -> Any:
+    return float(v) if isinstance(v, str) else v
+
+
+def _datetime(v: Any) -> Any:
+    return datetime.fromisoformat(v) if isinstance(v, str) else v

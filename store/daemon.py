@@ -1,0 +1,222 @@
+"""The chDB store daemon: one process owns a chDB data directory and serves it on loopback HTTP.
+
+chDB locks its data directory to one process, but the model servers' workers, ``recwatch sql`` and later the
+trainer all need the store at once. ``recwatch infra up`` starts this daemon; ``store.open_store`` finds it
+through ``<data dir>.daemon.json`` and talks to it with ``ChdbDaemonStore``. Protocol (loopback only):
+
+- ``GET  /ping``                      -> ``{"version": "26.9.2.1", "database": "recwatch"}``
+- ``POST /execute`` body: SQL         -> 204
+- ``POST /query``   body: SQL         -> the JSONCompact answer
+- ``POST /insert?table=T`` body: an Arrow IPC stream -> ``{"rows": n}``
+
+Errors answer 400 with ``{"error": "...", "sql": "..."}`` (a bad statement) or 503 (store not open).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pyarrow as pa
+
+from store.arrow import to_arrow
+from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError
+from store.chdb_local import ChdbStore, parse_json_compact, parse_version
+
+
+def address_file(path: Path) -> Path:
+    return Path(f"{path}.daemon.json")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _DaemonServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms delayed-ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: one line per request is noise
+        pass
+
+    def do_GET(self) -> None:
+        if urlsplit(self.path).path == "/ping":
+            store = self.server.store
+            body = json.dumps(
+                {"version": self.server.version, "database": store.database, "path": str(store.path)}
+            )
+            self._reply(200, body.encode())
+        else:
+            self._reply(404, b'{"error": "not found"}')
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        store = self.server.store
+        sql = ""
+        try:
+            if parts.path == "/execute":
+                sql = body.decode()
+                store.execute(sql)
+                self._reply(204, b"")
+            elif parts.path == "/query":
+                sql = body.decode()
+                self._reply(200, store.query_json(sql))
+            elif parts.path == "/insert":
+                table = parse_qs(parts.query)["table"][0]
+                sql = f"INSERT INTO {table}"
+                block = pa.ipc.open_stream(body).read_all()
+                rows = store.insert_arrow(table, block)
+                self._reply(200, json.dumps({"rows": rows}).encode())
+            else:
+                self._reply(404, b'{"error": "not found"}')
+        except QueryError as exc:
+            self._reply(400, json.dumps({"error": str(exc), "sql": exc.sql}).encode())
+        except (KeyError, ValueError, pa.ArrowInvalid) as exc:
+            self._reply(400, json.dumps({"error": f"bad request: {exc!r}", "sql": sql}).encode())
+        except StoreError as exc:
+            self._reply(503, json.dumps({"error": str(exc), "sql": sql}).encode())
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _DaemonServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: ChdbStore) -> None:
+        super().__init__(address, _Handler)
+        self.store = store
+        self.version = ".".join(map(str, store.server_version()))
+
+
+def serve(path: Path, database: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Own ``path`` until SIGTERM/SIGINT; the address file exists exactly while requests are served."""
+    store = ChdbStore(path, database)
+    store.connect()
+    server = _DaemonServer((host, port), store)
+    addr = address_file(path)
+    tmp = addr.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"host": host, "port": server.server_address[1], "pid": os.getpid()}))
+    tmp.replace(addr)
+
+    def _stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        addr.unlink(missing_ok=True)
+        server.server_close()
+        store.close()
+
+
+def find_daemon(path: Path) -> tuple[str, int] | None:
+    """The daemon serving ``path``, if one is running (its address file exists and its pid is alive)."""
+    try:
+        info = json.loads(address_file(path).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        return None
+    return str(info["host"]), int(info["port"])
+
+
+class ChdbDaemonStore:
+    """A client of the store daemon; same contract as ``ChdbStore``. Thread-safe (a connection per thread)."""
+
+    def __init__(self, path: Path, database: str, host: str, port: int, timeout_s: float = 60.0) -> None:
+        self.path = path
+        self.database = database
+        self.url = f"chdb://{path}?database={database}"
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._local = threading.local()
+        self._types: dict[str, dict[str, str]] = {}
+
+    def connect(self) -> None:
+        info = json.loads(self._request("GET", "/ping", b""))
+        if info["database"] != self.database:
+            raise StoreUnavailableError(
+                f"the store daemon at {self.host}:{self.port} serves database {info['database']!r}, "
+                f"not {self.database!r}"
+            )
+        self._version = parse_version(info["version"])
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def server_version(self) -> tuple[int, ...]:
+        return self._version
+
+    def execute(self, sql: str) -> None:
+        self._request("POST", "/execute", sql.encode(), sql)
+
+    def query(self, sql: str) -> QueryResult:
+        return parse_json_compact(self._request("POST", "/query", sql.encode(), sql), sql)
+
+    def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        types = self._types.get(table)
+        if types is None:
+            types = {str(r[0]): str(r[1]) for r in self.query(f"DESCRIBE TABLE {table}").rows}
+            self._types[table] = types
+        block = to_arrow(columns, types)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, block.schema) as writer:
+            writer.write_table(block)
+        answer = self._request(
+            "POST", f"/insert?table={table}", sink.getvalue().to_pybytes(), f"INSERT INTO {table}"
+        )
+        return int(json.loads(answer)["rows"])
+
+    def _request(self, method: str, path: str, body: bytes, sql: str = "") -> bytes:
+        for attempt in (0, 1):  # one retry on a connection the daemon closed while idle
+            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+                self._local.conn = conn
+            try:
+                conn.request(method, path, body=body)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                conn.close()
+                self._local.conn = None
+                if attempt == 1:
+                    raise StoreUnavailableError(f"store daemon at {self.host}:{self.port}: {exc}") from exc
+                continue
+            if resp.status < 300:
+                return data
+            error = json.loads(data or b"{}").get("error", data.decode(errors="replace"))
+            if resp.status == 400:
+                raise QueryError(error, sql)
+            raise StoreUnavailableError(f"store daemon at {self.host}:{self.port}: {error}")
+        raise AssertionError("unreachable")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m store.daemon", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--path", type=Path, required=True, help="chDB data directory")
+    parser.add_argument("--database", default="recwatch")
+    parser.add_argument("--port", type=int, default=0, help="loopback port (0: any free port)")
+    args = parser.parse_args(argv)
+    serve(args.path.absolute(), args.database, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

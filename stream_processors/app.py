@@ -1,0 +1,110 @@
+"""The Faust worker app: inference events from Kafka -> raw rows and 10 s aggregates in the store.
+
+Built by ``create_app(settings, store)``; there is no module-level app. Events are processed in batches
+(``take_events``): a batch is written to the store in a worker thread before its offsets are acknowledged,
+so a crash redelivers at most the unacknowledged batches, and the sink's offset bookkeeping makes
+redelivery harmless (see ``stream_processors.inference_sink``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from schemas import topics
+from store.base import Store
+from stream_processors.inference_sink import InferenceSink, Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    bootstrap: str
+    data_dir: Path
+    app_id: str = "recwatch-worker"
+    source_topic: str = topics.INFERENCE
+    dead_letter_topic: str = topics.DEAD_LETTER
+    window_s: int = 10
+    batch_max: int = 10_000
+    batch_within_s: float = 0.5
+
+
+def create_app(settings: WorkerSettings, store: Store) -> Any:
+    """A Faust app consuming ``settings.source_topic`` into ``store`` (already connected and migrated)."""
+    import faust
+
+    app = faust.App(
+        settings.app_id,
+        broker=[f"kafka://{hostport.strip()}" for hostport in settings.bootstrap.split(",")],
+        datadir=str(settings.data_dir),
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        topic_allow_declare=True,
+        producer_acks=-1,
+    )
+    source = app.topic(settings.source_topic, value_serializer="raw", key_serializer="raw")
+    dead_letters = app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
+    sink = InferenceSink(store, topic=settings.source_topic, window_s=settings.window_s)
+    # One thread owns the sink: its caches are touched by batches and by rebalances, never concurrently.
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recwatch-sink")
+    totals = {"events": 0, "duplicates": 0, "rejected": 0}
+
+    async def in_sink_thread(fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+    @app.agent(source, name="inference-sink")
+    async def inference_sink(stream: AsyncIterable[Any]) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):  # type: ignore[attr-defined]
+            batch = [Message(e.message.partition, e.message.offset, e.message.value) for e in events]
+            result = await in_sink_thread(sink.write_batch, batch)
+            for rejected in result.rejected:
+                await dead_letters.send(
+                    value=rejected.value,
+                    headers={
+                        "recwatch-reason": rejected.reason.encode(),
+                        "recwatch-source": f"{rejected.topic}/{rejected.partition}/{rejected.offset}".encode(),
+                    },
+                )
+            totals["events"] += result.events_written
+            totals["duplicates"] += result.duplicates_skipped
+            totals["rejected"] += len(result.rejected)
+            log.info(
+                "batch: %d events written, %d windows updated, %d redelivered skipped, %d rejected (totals %s)",
+                result.events_written,
+                result.windows_written,
+                result.duplicates_skipped,
+                len(result.rejected),
+                totals,
+            )
+
+    async def forget(partitions: Iterable[Any]) -> None:
+        mine = [tp.partition for tp in partitions if tp.topic == settings.source_topic]
+        if mine:
+            await in_sink_thread(sink.forget_partitions, mine)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
+        await forget(revoked)
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(app: Any, assigned: Any, **kwargs: Any) -> None:
+        await forget(assigned)
+
+    return app
+
+
+def run_worker(settings: WorkerSettings, store: Store, loglevel: str = "info") -> None:
+    """Run until SIGTERM/SIGINT (graceful: the current batch finishes and offsets are committed)."""
+    import faust
+
+    app = create_app(settings, store)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
+    worker.execute_from_commandline()
