@@ -1,7 +1,8 @@
 """The interface every store backend implements: chDB in-process, the chDB store daemon, ClickHouse server.
 
-Values crossing this interface are plain Python: ``int`` for integers and for ``DateTime`` columns (Unix
-seconds, UTC), ``float``, ``str``, ``list`` for arrays. Backends convert to their own wire types.
+Values crossing this interface are plain Python: ``int``, ``float``, ``str``, ``list`` for arrays. ``DateTime``
+columns take ``int`` Unix seconds on insert and come back from ``query`` as naive UTC ``datetime`` objects.
+Backends convert to their own wire types.
 """
 
 from __future__ import annotations

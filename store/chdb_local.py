@@ -41,6 +41,7 @@ class ChdbStore:
         self._run(f"CREATE DATABASE IF NOT EXISTS {self.database}")
         self._run(f"USE {self.database}")
         self._run("SET output_format_json_quote_64bit_integers = 0")
+        self._run("SET session_timezone = 'UTC'")  # DateTime results are naive UTC, as on every backend
 
     def close(self) -> None:
         with self._lock:

@@ -1,12 +1,12 @@
 """The store backend for a ClickHouse server, over the native protocol (clickhouse-driver).
 
 URLs look like ``clickhouse://[user[:password]@]host[:port][/database][?<parameter>=<value>&…]``: port 9000
-and database ``default`` when left out; query parameters other than ``connect_timeout`` and
+and database ``recwatch`` when left out (as everywhere in recwatch); query parameters other than ``connect_timeout`` and
 ``send_receive_timeout`` (seconds) are passed to the server as settings, e.g.
 ``allow_experimental_low_cardinality_type=1``.
 
-``DateTime`` values cross the interface as ``int`` Unix seconds both ways (also inside ``Nullable`` and
-``Array``); the driver's ``datetime`` objects never leak out of ``query``.
+``DateTime`` values go in as ``int`` Unix seconds (or ``datetime``) and come out of ``query`` as naive UTC
+``datetime`` objects, whatever the server's time zone (also inside ``Nullable`` and ``Array``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from clickhouse_driver import Client, errors
 from store.base import QueryError, QueryResult, StoreUnavailableError
 
 DEFAULT_PORT = 9000
-DEFAULT_DATABASE = "default"
+DEFAULT_DATABASE = "default"  # exists on every server: used to create the store's database
+RECWATCH_DATABASE = "recwatch"
 _UNKNOWN_DATABASE = 81
 
 # The driver logs every failed connection attempt with a traceback; the caller gets StoreUnavailableError.
@@ -77,7 +78,7 @@ class ClickHouseServerStore:
         self.url = url
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or DEFAULT_PORT
-        self.database = unquote(parts.path.lstrip("/")) or DEFAULT_DATABASE
+        self.database = unquote(parts.path.lstrip("/")) or RECWATCH_DATABASE
         if "/" in self.database:
             raise ValueError(f"the URL path must be a database name: {url!r}")
         self.user = unquote(parts.username) if parts.username else "default"
@@ -175,13 +176,9 @@ class ClickHouseServerStore:
         except errors.Error as exc:
             client.disconnect()
             raise QueryError(str(exc), sql) from exc
-        except (
-            TypeError,
-            ValueError,
-            OverflowError,
-            AttributeError,
-        ) as exc:  # values the driver cannot encode
-            client.disconnect()  # a half-sent INSERT leaves the connection unusable
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+            # values the driver cannot encode; a half-sent INSERT leaves the connection unusable
+            client.disconnect()
             raise QueryError(f"cannot encode the data: {type(exc).__name__}: {exc}", sql) from exc
 
     def _connected(self) -> Client:
@@ -213,10 +210,7 @@ class ClickHouseServerStore:
         converters = [_reader(type_, server_tz) for type_ in types]
         if any(conv is not None for conv in converters):
             rows = [
-                tuple(
-                    value if conv is None else conv(value)
-                    for conv, value in zip(converters, row, strict=True)
-                )
+                tuple(value if conv is None else conv(value) for conv, value in zip(converters, row, strict=True))
                 for row in rows
             ]
         return QueryResult(columns=names, types=types, rows=[tuple(row) for row in rows])
@@ -309,19 +303,19 @@ def _to_datetime_value(value: Any) -> Any:
 
 
 def _reader(type_: str, server_tz: str) -> Callable[[Any], Any] | None:
-    """Turns the driver's ``datetime`` values of a ``DateTime`` result column back into Unix seconds."""
+    """Turns the driver's ``datetime`` values of a ``DateTime`` result column into naive UTC datetimes."""
     if _DATETIME.match(type_):
         try:
             tz: dt.tzinfo = ZoneInfo(server_tz)
         except (ZoneInfoNotFoundError, ValueError):
             tz = dt.UTC
-        return lambda v: _unix_seconds(v, tz)
+        return lambda v: _naive_utc(v, tz)
     return _wrapped(type_, lambda inner: _reader(inner, server_tz))
 
 
-def _unix_seconds(value: Any, tz: dt.tzinfo) -> Any:
+def _naive_utc(value: Any, tz: dt.tzinfo) -> Any:
     if not isinstance(value, dt.datetime):
         return value
     if value.tzinfo is None:  # the driver gives naive datetimes in the server's time zone
         value = value.replace(tzinfo=tz)
-    return int(value.timestamp())
+    return value.astimezone(dt.UTC).replace(tzinfo=None)

@@ -48,9 +48,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if urlsplit(self.path).path == "/ping":
             store = self.server.store
-            body = json.dumps(
-                {"version": self.server.version, "database": store.database, "path": str(store.path)}
-            )
+            body = json.dumps({"version": self.server.version, "database": store.database, "path": str(store.path)})
             self._reply(200, body.encode())
         else:
             self._reply(404, b'{"error": "not found"}')
@@ -179,9 +177,7 @@ class ChdbDaemonStore:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, block.schema) as writer:
             writer.write_table(block)
-        answer = self._request(
-            "POST", f"/insert?table={table}", sink.getvalue().to_pybytes(), f"INSERT INTO {table}"
-        )
+        answer = self._request("POST", f"/insert?table={table}", sink.getvalue().to_pybytes(), f"INSERT INTO {table}")
         return int(json.loads(answer)["rows"])
 
     def _request(self, method: str, path: str, body: bytes, sql: str = "") -> bytes:
