@@ -1,0 +1,82 @@
+"""Real services for integration tests, started once per test session.
+
+- Kafka: one KRaft broker from ``infra.kafka`` on port 28092 in a temporary home (or the cluster named by
+  ``RECWATCH_TEST_KAFKA``).
+- ClickHouse server: Debian's clickhouse-server from ``infra.clickhouse_server`` on port 28500, one database per
+  test.
+- chDB: a store daemon per test over a temporary data directory, as ``recwatch infra up`` runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from recwatch.settings import Settings
+
+TEST_KAFKA_PORT = 28092  # below the ephemeral range (32768+), where outgoing connections take ports
+TEST_CLICKHOUSE_PORT = 28500
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("RECWATCH_TEST_KAFKA")
+    if external:
+        yield external
+        return
+    from infra import kafka
+
+    home = tmp_path_factory.mktemp("kafka-home")
+    cluster = kafka.start(home, cache=Settings.from_env().cache, brokers=1, base_port=TEST_KAFKA_PORT)
+    try:
+        yield cluster.bootstrap
+    finally:
+        kafka.stop(home)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from infra import clickhouse_server
+
+    home = tmp_path_factory.mktemp("clickhouse-home")
+    server = clickhouse_server.start(home, port=TEST_CLICKHOUSE_PORT)
+    try:
+        yield server.url
+    finally:
+        clickhouse_server.stop(home)
+
+
+def start_chdb_daemon(path: Path, timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
+    from store.daemon import find_daemon
+
+    proc = subprocess.Popen([sys.executable, "-m", "store.daemon", "--path", str(path)])
+    deadline = time.monotonic() + timeout_s
+    while find_daemon(path) is None:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"store daemon for {path} did not start")
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture(params=["chdb", pytest.param("clickhouse-server", marks=pytest.mark.clickhouse_server)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store of each kind, reachable from several processes at once."""
+    if request.param == "chdb":
+        path = tmp_path / "chdb"
+        daemon = start_chdb_daemon(path)
+        try:
+            yield f"chdb://{path}"
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=30)
+    else:
+        base = request.getfixturevalue("clickhouse_server_url")
+        yield base.rsplit("/", 1)[0] + f"/t_{uuid.uuid4().hex[:12]}"
