@@ -39,9 +39,7 @@ def _evolved_inference_event() -> type:
 
 
 def _sample() -> InferenceEvent:
-    event = InferenceEvent(
-        event_id="e1", request_id="r1", model="ranker", version=3, received_us=1_700_000_000_000_000
-    )
+    event = InferenceEvent(event_id="e1", request_id="r1", model="ranker", version=3, received_us=1_700_000_000_000_000)
     event.latency.total_us = 1234
     event.item_ids.extend(["10", "11"])
     return event

@@ -45,9 +45,7 @@ def test_ddl_for_current_clickhouse_uses_ttl_codecs_and_low_cardinality() -> Non
 
 
 def test_settings_from_env(tmp_path: Path) -> None:
-    s = Settings.from_env(
-        {"RECWATCH_HOME": str(tmp_path), "RECWATCH_KAFKA": "h:1", "RECWATCH_KAFKA_PORT": "9192"}
-    )
+    s = Settings.from_env({"RECWATCH_HOME": str(tmp_path), "RECWATCH_KAFKA": "h:1", "RECWATCH_KAFKA_PORT": "9192"})
     assert (s.home, s.kafka, s.kafka_port, s.store) == (tmp_path, "h:1", 9192, None)
     assert s.default_store_url == f"chdb://{tmp_path}/store/chdb"
 
