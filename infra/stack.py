@@ -61,13 +61,29 @@ def store_url(settings: Settings) -> str:
     return record.store_url if record is not None else settings.default_store_url
 
 
+def ensure_recwatch_topics(settings: Settings, bootstrap: str) -> None:
+    """Create recwatch's topics where missing, replicated over up to 3 of the cluster's brokers.
+
+    Every process that reads or writes them calls this first: a topic that a producer auto-created would get
+    the broker's default of one partition, and a consumer group that started before its topic existed would
+    not be assigned its partitions.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        brokers = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).brokers)
+    except Exception as exc:
+        raise InfraError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    kafka.ensure_topics(
+        bootstrap, dict.fromkeys(topics.ALL, settings.topic_partitions), replication=max(1, min(brokers, 3))
+    )
+
+
 def _daemon_pid_file(settings: Settings) -> Path:
     return settings.home / "store" / "daemon.pid"
 
 
-def up(
-    settings: Settings, *, brokers: int = 1, store_kind: StoreKind = "embedded", log: Any = print
-) -> StackRecord:
+def up(settings: Settings, *, brokers: int = 1, store_kind: StoreKind = "embedded", log: Any = print) -> StackRecord:
     """Start what is not running yet (idempotent) and create topics and tables."""
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.kafka:
@@ -75,14 +91,10 @@ def up(
         log(f"kafka: using existing cluster {bootstrap} (RECWATCH_KAFKA)")
     else:
         started = time.monotonic()
-        cluster = kafka.start(
-            settings.home, cache=settings.cache, brokers=brokers, base_port=settings.kafka_port
-        )
+        cluster = kafka.start(settings.home, cache=settings.cache, brokers=brokers, base_port=settings.kafka_port)
         bootstrap, managed = cluster.bootstrap, True
         log(f"kafka {cluster.version}: {bootstrap} ({brokers} broker(s), {time.monotonic() - started:.1f} s)")
-    kafka.ensure_topics(
-        bootstrap, dict.fromkeys(topics.ALL, settings.topic_partitions), replication=min(brokers, 3)
-    )
+    kafka.ensure_topics(bootstrap, dict.fromkeys(topics.ALL, settings.topic_partitions), replication=min(brokers, 3))
 
     if store_kind == "server":
         server = clickhouse_server.start(settings.home, port=settings.clickhouse_port)
@@ -134,9 +146,7 @@ def _start_chdb_daemon(settings: Settings, url: str, timeout_s: float = 30.0) ->
         if processes.read(_daemon_pid_file(settings)) is None:
             raise StartupError(f"the chDB store daemon exited; see {log_file}:\n{_tail(log_file)}")
         if time.monotonic() > deadline:
-            raise StartupError(
-                f"the chDB store daemon did not start within {timeout_s:.0f} s; see {log_file}"
-            )
+            raise StartupError(f"the chDB store daemon did not start within {timeout_s:.0f} s; see {log_file}")
         time.sleep(0.05)
 
 
@@ -171,8 +181,7 @@ def status(settings: Settings) -> dict[str, Any]:
             "version": kafka.KAFKA_VERSION,
             "managed": record.kafka_managed if record else None,
             "brokers": [
-                {"node_id": n.node_id, "port": n.port, "pid": n.pid}
-                for n in (cluster.nodes if cluster else ())
+                {"node_id": n.node_id, "port": n.port, "pid": n.pid} for n in (cluster.nodes if cluster else ())
             ],
         },
         "store": {

@@ -49,12 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--port", type=int, default=8500, help="gRPC port")
     serve.add_argument("--model_name", required=True)
-    serve.add_argument(
-        "--model_base_path", type=Path, required=True, help="directory holding <version>/ dirs"
-    )
-    serve.add_argument(
-        "--replica", default="", help="replica id in events (default: RECWATCH_REPLICA or host-port)"
-    )
+    serve.add_argument("--model_base_path", type=Path, required=True, help="directory holding <version>/ dirs")
+    serve.add_argument("--replica", default="", help="replica id in events (default: RECWATCH_REPLICA or host-port)")
     serve.add_argument("--no-events", action="store_true", help="do not publish inference events")
 
     worker = sub.add_parser("worker", help="run the stream worker: events -> raw rows and 10 s aggregates")
@@ -65,9 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    demo = sub.add_parser(
-        "demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down"
-    )
+    demo = sub.add_parser("demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down")
     demo.add_argument("--requests", type=int, default=200)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
     return parser
@@ -105,20 +99,24 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import os
     import socket
 
-    from serving.server import ModelServer, ServeOptions
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter (CUDA probing)
 
     from infra import stack
     from producers import KafkaEventPublisher, PublisherConfig
     from serving.publisher import NullPublisher
+    from serving.server import ModelServer, ServeOptions
 
     replica = args.replica or settings.replica or f"{socket.gethostname()}-{args.port}"
     publisher: Any
     if args.no_events:
         publisher = NullPublisher()
     else:
-        publisher = KafkaEventPublisher(PublisherConfig(bootstrap=stack.bootstrap_servers(settings)))
+        bootstrap = stack.bootstrap_servers(settings)
+        stack.ensure_recwatch_topics(settings, bootstrap)
+        publisher = KafkaEventPublisher(PublisherConfig(bootstrap=bootstrap))
         publisher.start()
     options = ServeOptions(
         model_name=args.model_name, model_base_path=args.model_base_path, port=args.port, replica=replica
@@ -148,11 +146,13 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     from store import migrate, open_store
     from stream_processors.app import WorkerSettings, run_worker
 
+    bootstrap = stack.bootstrap_servers(settings)
+    stack.ensure_recwatch_topics(settings, bootstrap)
     store = open_store(stack.store_url(settings))
     store.connect()
     migrate(store)
     worker_settings = WorkerSettings(
-        bootstrap=stack.bootstrap_servers(settings),
+        bootstrap=bootstrap,
         data_dir=settings.home / "worker" / args.group,
         app_id=args.group,
         window_s=args.window_seconds,
@@ -190,13 +190,10 @@ def format_result(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> 
     cells = [[str(c) for c in columns], *[[_cell(v) for v in row] for row in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     lines = [
-        "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=True))
-        for r in cells
+        "  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return (
-        "\n".join(line.rstrip() for line in lines) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
-    )
+    return "\n".join(line.rstrip() for line in lines) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
 
 
 def _cell(value: Any) -> str:

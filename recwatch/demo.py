@@ -115,9 +115,7 @@ def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path) -> int:
     for i in range(n):
         request = predict_pb2.PredictRequest()
         request.model_spec.name = MODEL
-        request.inputs["user_id"].CopyFrom(
-            to_tensor_proto(np.full(32, rng.integers(1, 10_000), dtype=np.int64))
-        )
+        request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, rng.integers(1, 10_000), dtype=np.int64)))
         request.inputs["item_id"].CopyFrom(to_tensor_proto(rng.integers(1, 100_000, size=32, dtype=np.int64)))
         request.inputs["features"].CopyFrom(to_tensor_proto(rng.random((32, 8), dtype=np.float32)))
         stub.Predict(request, timeout=10, metadata=[("x-request-id", f"demo-{run_id}-{i}")])

@@ -19,8 +19,7 @@ ENV_VARS: dict[str, str] = {
     "RECWATCH_CACHE": "cache for resolved Kafka jars (default: ~/.cache/recwatch)",
     "RECWATCH_KAFKA_PORT": "first broker port of the local cluster (default 9092; broker i uses port+2i "
     "and port+2i+1 for its controller)",
-    "RECWATCH_CLICKHOUSE_PORT": "native TCP port of the local ClickHouse server (default 19000; HTTP uses "
-    "port+1)",
+    "RECWATCH_CLICKHOUSE_PORT": "native TCP port of the local ClickHouse server (default 19000; HTTP uses port+1)",
     "RECWATCH_TOPIC_PARTITIONS": "partitions of the topics `infra up` creates (default 6)",
     "RECWATCH_REPLICA": "replica id written into every inference event (default: <hostname>-<port>)",
 }
@@ -43,9 +42,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         home = Path(env.get("RECWATCH_HOME") or ".recwatch").absolute()
-        cache = (
-            Path(env["RECWATCH_CACHE"]) if env.get("RECWATCH_CACHE") else Path.home() / ".cache" / "recwatch"
-        )
+        cache = Path(env["RECWATCH_CACHE"]) if env.get("RECWATCH_CACHE") else Path.home() / ".cache" / "recwatch"
         return cls(
             home=home,
             kafka=env.get("RECWATCH_KAFKA") or None,

@@ -6,6 +6,7 @@ The generated ``*_pb2.py`` / ``*_pb2.pyi`` files are committed so that installin
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,17 +19,19 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_dir: Path = ROOT) -> None:
-    from grpc_tools import protoc  # dev dependency, imported only here
-
+    # A child process: grpc_tools' compiler deadlocks in a process that has TensorFlow loaded.
     args = [
-        "protoc",
+        sys.executable,
+        "-m",
+        "grpc_tools.protoc",
         f"-I{ROOT}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         *(str(p.relative_to(ROOT)) for p in proto_files()),
     ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"protoc failed: {done.stderr}")
 
 
 if __name__ == "__main__":

@@ -105,6 +105,7 @@ def run_worker(settings: WorkerSettings, store: Store, loglevel: str = "info") -
     """Run until SIGTERM/SIGINT (graceful: the current batch finishes and offsets are committed)."""
     import faust
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, store)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()

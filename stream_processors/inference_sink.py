@@ -85,9 +85,7 @@ class InferenceSink:
             decoded = decode_inference(msg.value)
             if isinstance(decoded, str):
                 if not seen:
-                    result.rejected.append(
-                        Rejected(self.topic, msg.partition, msg.offset, msg.value or b"", decoded)
-                    )
+                    result.rejected.append(Rejected(self.topic, msg.partition, msg.offset, msg.value or b"", decoded))
                 continue
             decoded_events.append((msg, decoded))
             if seen:
@@ -108,8 +106,7 @@ class InferenceSink:
         high = self._high_water.get(partition)
         if high is None:
             row = self.store.query(
-                "SELECT count(), max(kafka_offset) FROM inference_events "
-                f"WHERE kafka_partition = {int(partition)}"
+                f"SELECT count(), max(kafka_offset) FROM inference_events WHERE kafka_partition = {int(partition)}"
             ).rows[0]
             high = int(row[1]) if row[0] else -1
             self._high_water[partition] = high

@@ -55,7 +55,7 @@ def test_every_event_is_stored_once_and_counted_in_its_window(chdb_store: Store)
     assert result.events_written == 100 and not result.rejected
     assert _totals(chdb_store) == (100, 100, 100)
     windows = chdb_store.query(
-        "SELECT toUInt32(window_start) - %d AS w, requests FROM inference_metrics_10s ORDER BY w" % NOW_S
+        f"SELECT toUInt32(window_start) - {NOW_S} AS w, requests FROM inference_metrics_10s ORDER BY w"
     ).rows
     # seconds 0..24 of the minute: windows [0,10) [10,20) [20,30) get 40, 40, 20 of the 100 events
     assert windows == [(0, 40), (10, 40), (20, 20)]
@@ -92,7 +92,7 @@ class _FailingMetricsStore:
 
 def test_a_failure_between_the_two_inserts_is_repaired_by_redelivery(chdb_store: Store) -> None:
     flaky = _FailingMetricsStore(chdb_store)
-    sink = InferenceSink(flaky, topic=topics.INFERENCE)  # type: ignore[arg-type]
+    sink = InferenceSink(flaky, topic=topics.INFERENCE)
     batch = _batch(50)
     with pytest.raises(StoreUnavailableError):
         sink.write_batch(batch)

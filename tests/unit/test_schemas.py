@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import filecmp
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -22,7 +23,7 @@ def test_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
             assert filecmp.cmp(fresh, PROTO_DIR / name, shallow=False), f"{name} is stale: run `make schemas`"
 
 
-def _evolved_inference_event() -> type:
+def _evolved_inference_event() -> Any:
     """InferenceEvent as a newer writer would have it: one more field (number 99), in its own pool."""
     file_proto = descriptor_pb2.FileDescriptorProto()
     InferenceEvent.DESCRIPTOR.file.CopyToProto(file_proto)
@@ -48,7 +49,7 @@ def _sample() -> InferenceEvent:
 def test_old_reader_reads_new_messages_and_keeps_the_unknown_field() -> None:
     evolved = _evolved_inference_event()
     new_message = evolved.FromString(_sample().SerializeToString())
-    new_message.shop_id = "shop-7"  # type: ignore[attr-defined]
+    new_message.shop_id = "shop-7"
 
     old_view = InferenceEvent.FromString(new_message.SerializeToString())
     assert (old_view.event_id, old_view.model, old_view.version) == ("e1", "ranker", 3)
@@ -61,7 +62,7 @@ def test_old_reader_reads_new_messages_and_keeps_the_unknown_field() -> None:
 def test_new_reader_reads_old_messages_with_the_new_field_defaulted() -> None:
     evolved = _evolved_inference_event()
     new_view = evolved.FromString(_sample().SerializeToString())
-    assert new_view.shop_id == ""  # type: ignore[attr-defined]
+    assert new_view.shop_id == ""
     assert new_view.event_id == "e1"
     assert new_view.latency.total_us == 1234
 
