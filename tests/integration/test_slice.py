@@ -76,7 +76,7 @@ class Stack:
             for proc in self.procs:
                 if proc.poll() is not None and proc.returncode not in (0, -signal.SIGKILL):
                     logs = {p.name: p.read_text()[-3000:] for p in self.home.glob("*.log")}
-                    raise AssertionError(f"{proc.args} exited with {proc.returncode}: {logs}")
+                    raise AssertionError(f"{proc.args!r} exited with {proc.returncode}: {logs}")
             value = int(next(iter(self.sql(query)[0].values())) or 0)
             if value >= expected:
                 return value
