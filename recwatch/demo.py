@@ -7,6 +7,7 @@ N Predict calls through the official tensorflow-serving-api client -> wait until
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 import uuid
@@ -75,17 +76,18 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
                     return 1
                 time.sleep(0.5)
             print(f"{seen} of {sent} events in inference_events")
-            _step("10-second aggregates (recwatch sql)")
-            sql = (
+            _step("what the store says, while the worker keeps running (recwatch sql)")
+            _sql(
                 "SELECT window_start, model, version, requests, errors, round(latency_mean_us) AS mean_us, "
                 "latency_max_us FROM inference_metrics_10s "
                 "WHERE window_start >= now() - INTERVAL 10 MINUTE ORDER BY window_start"
             )
-            print(f'$ recwatch sql "{sql}"')
-            from recwatch.cli import format_result
-
-            result = store.query(sql)
-            print(format_result(result.columns, result.rows, "table"), end="")
+            _sql(
+                "SELECT model, version, replica, count() AS requests, "
+                "round(quantile(0.5)(total_us)) AS p50_us, round(quantile(0.99)(total_us)) AS p99_us, "
+                "round(avg(compute_us)) AS compute_us, round(avg(score_mean), 4) AS mean_score "
+                f"FROM inference_events WHERE request_id LIKE 'demo-{run_id}-%' GROUP BY model, version, replica"
+            )
         finally:
             store.close()
         return 0 if seen == sent else 1
@@ -95,6 +97,12 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
             processes.stop(pid_file)
         if not keep:
             stack.down(settings)
+
+
+def _sql(query: str) -> None:
+    """Run ``recwatch sql`` as a user would, in its own process, and show its output."""
+    print(f'$ recwatch sql "{query}"', flush=True)
+    subprocess.run([sys.executable, "-m", "recwatch.cli", "sql", query], check=True)
 
 
 def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path) -> int:
