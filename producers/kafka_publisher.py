@@ -59,6 +59,7 @@ class KafkaEventPublisher:
         self.stats = PublisherStats()
         self._producer: Any = None
         self._stopping = threading.Event()
+        self._lock = threading.Lock()
         self._poller: threading.Thread | None = None
 
     def start(self) -> None:
@@ -86,9 +87,11 @@ class KafkaEventPublisher:
         try:
             self._producer.produce(self.config.topic, value, key=event.request_id.encode())
         except BufferError:
-            self.stats.dropped["queue_full"] += 1
+            with self._lock:
+                self.stats.dropped["queue_full"] += 1
             return
-        self.stats.enqueued += 1
+        with self._lock:  # request threads publish concurrently; `+=` on an attribute is not atomic
+            self.stats.enqueued += 1
 
     def flush(self, timeout_s: float = 30.0) -> int:
         """Wait until queued events are delivered; returns how many are still undelivered."""
