@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -234,29 +233,11 @@ def _write_config(home: Path, port: int, http_port: int) -> Path:
     return config
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no output)"
-    return "\n".join(text.rstrip().splitlines()[-lines:]) or "(empty)"
-
-
 # ------------------------------------------------------------------------------------ start/stop/status
 
 
 def _url(port: int) -> str:
     return f"clickhouse://127.0.0.1:{port}/{DATABASE}"
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _ask_version(port: int, http_port: int, *, timeout_s: float) -> str:
@@ -300,7 +281,7 @@ def start(home: Path, *, port: int = 19000, timeout_s: float = 60) -> ClickHouse
     if processes.read(pid_file) is not None:  # a previous start() that did not finish: start afresh
         processes.stop(pid_file)
     http_port = port + 1
-    busy = [p for p in (port, http_port) if not _port_free(p)]
+    busy = [p for p in (port, http_port) if not processes.port_free(p)]
     if busy:
         raise StartupError(
             f"cannot start ClickHouse server: port(s) {', '.join(map(str, busy))} on 127.0.0.1 already in use"
@@ -337,9 +318,9 @@ def _startup_message(home: Path, what: str, last_error: str) -> str:
     message = f"ClickHouse server {what}; see {log}"
     if last_error:
         message += f"\nlast connection error: {last_error}"
-    message += f"\n--- tail of {log} ---\n{_tail(log)}"
+    message += f"\n--- tail of {log} ---\n{processes.log_tail(log)}"
     if err_log.exists():
-        message += f"\n--- tail of {err_log} ---\n{_tail(err_log)}"
+        message += f"\n--- tail of {err_log} ---\n{processes.log_tail(err_log)}"
     return message
 
 

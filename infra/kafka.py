@@ -32,7 +32,6 @@ import hashlib
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -230,7 +229,7 @@ def start(
         if to_start:
             for _, port, cport in to_start:
                 for p in (port, cport):
-                    if not _port_free(p):
+                    if not processes.port_free(p):
                         raise StartupError(f"port 127.0.0.1:{p} is already in use; cannot start Kafka on it")
             lib = ensure_jars(cache)
             java = _check_java()
@@ -423,19 +422,9 @@ def _format_missing(
     failures = []
     for log_path, proc in jobs:
         if proc.wait() != 0:
-            failures.append(f"{log_path} (rc={proc.returncode}):\n{_tail(log_path)}")
+            failures.append(f"{log_path} (rc={proc.returncode}):\n{processes.log_tail(log_path)}")
     if failures:
         raise StartupError("formatting Kafka storage failed; see " + "\n".join(failures))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _wait_ready(kdir: Path, bootstrap: str, brokers: int, node_ids: list[int], timeout_s: float) -> None:
@@ -459,15 +448,14 @@ def _wait_ready(kdir: Path, bootstrap: str, brokers: int, node_ids: list[int], t
             ndir = _node_dir(kdir, node_id)
             if processes.read(ndir / "pid") is None:
                 log = ndir / "logs" / "stdout.log"
-                raise StartupError(
-                    f"Kafka node {node_id} exited during startup; see {log} and server.log next to it:\n{_tail(log)}"
-                )
+                tail = processes.log_tail(log)
+                raise StartupError(f"Kafka node {node_id} exited during startup; see {log} and server.log:\n{tail}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             log = _node_dir(kdir, node_ids[0]) / "logs" / "stdout.log"
             raise StartupError(
                 f"Kafka at {bootstrap} not ready after {timeout_s:.0f}s ({last_error}; brokers seen: "
-                f"{sorted(seen)} of {brokers}); see {log} and server.log next to it:\n{_tail(log)}"
+                f"{sorted(seen)} of {brokers}); see {log} and server.log next to it:\n{processes.log_tail(log)}"
             )
         try:
             metadata = admin.list_topics(timeout=max(0.1, min(remaining, 2.0)))
@@ -480,14 +468,6 @@ def _wait_ready(kdir: Path, bootstrap: str, brokers: int, node_ids: list[int], t
             return
         last_error = f"{len(seen)} broker(s) registered"
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-
-
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"({path} does not exist)"
-    return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
 
 
 # ----------------------------------------------------------------------------------------------- topics

@@ -144,17 +144,10 @@ def _start_chdb_daemon(settings: Settings, url: str, timeout_s: float = 30.0) ->
     deadline = time.monotonic() + timeout_s
     while find_daemon(path) is None:
         if processes.read(_daemon_pid_file(settings)) is None:
-            raise StartupError(f"the chDB store daemon exited; see {log_file}:\n{_tail(log_file)}")
+            raise StartupError(f"the chDB store daemon exited; see {log_file}:\n{processes.log_tail(log_file)}")
         if time.monotonic() > deadline:
             raise StartupError(f"the chDB store daemon did not start within {timeout_s:.0f} s; see {log_file}")
         time.sleep(0.05)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 def down(settings: Settings, log: Any = print) -> None:

@@ -1,9 +1,9 @@
 """Real services for integration tests, started once per test session.
 
-- Kafka: one KRaft broker from ``infra.kafka`` on port 28092 in a temporary home (or the cluster named by
+- Kafka: one KRaft broker from ``infra.kafka`` on free loopback ports in a temporary home (or the cluster named by
   ``RECWATCH_TEST_KAFKA``).
-- ClickHouse server: Debian's clickhouse-server from ``infra.clickhouse_server`` on port 28500, one database per
-  test.
+- ClickHouse server: Debian's clickhouse-server from ``infra.clickhouse_server`` on free loopback ports, a database
+  per test.
 - chDB: a store daemon per test over a temporary data directory, as ``recwatch infra up`` runs it.
 """
 
@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from recwatch.settings import Settings
-
-TEST_KAFKA_PORT = 28092  # below the ephemeral range (32768+), where outgoing connections take ports
-TEST_CLICKHOUSE_PORT = 28500
+from tests.ports import free_ports
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +32,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from infra import kafka
 
     home = tmp_path_factory.mktemp("kafka-home")
-    cluster = kafka.start(home, cache=Settings.from_env().cache, brokers=1, base_port=TEST_KAFKA_PORT)
+    cluster = kafka.start(home, cache=Settings.from_env().cache, brokers=1, base_port=free_ports())
     try:
         yield cluster.bootstrap
     finally:
@@ -46,7 +44,7 @@ def clickhouse_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     from infra import clickhouse_server
 
     home = tmp_path_factory.mktemp("clickhouse-home")
-    server = clickhouse_server.start(home, port=TEST_CLICKHOUSE_PORT)
+    server = clickhouse_server.start(home, port=free_ports())
     try:
         yield server.url
     finally:

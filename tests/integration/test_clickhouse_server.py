@@ -13,11 +13,12 @@ from infra import clickhouse_server
 from infra.errors import MissingToolError
 from store.base import QueryError, Store, StoreUnavailableError
 from store.clickhouse import ClickHouseServerStore
+from tests.ports import free_ports
 
 pytestmark = [pytest.mark.integration, pytest.mark.clickhouse_server]
 
-PORT = 29500
-STOP_TEST_PORT = 29510
+PORT = free_ports()
+STOP_TEST_PORT = free_ports()
 
 
 def _start(home: Path, port: int) -> clickhouse_server.ClickHouseServer:

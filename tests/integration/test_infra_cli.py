@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from infra.processes import ProcessRecord
 from schemas import topics
+from tests.ports import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -37,21 +38,22 @@ def _status(env: dict[str, str]) -> dict[str, Any]:
 
 
 def test_up_status_sql_down(tmp_path: Path) -> None:
-    env = {**os.environ, "RECWATCH_HOME": str(tmp_path / "home"), "RECWATCH_KAFKA_PORT": "28192"}
+    port = free_ports()
+    env = {**os.environ, "RECWATCH_HOME": str(tmp_path / "home"), "RECWATCH_KAFKA_PORT": str(port)}
     env.pop("RECWATCH_KAFKA", None)
     env.pop("RECWATCH_STORE", None)
     up = _recwatch(env, "infra", "up")
     try:
         assert up.returncode == 0, up.stderr
         status = _status(env)
-        assert status["kafka"]["bootstrap"] == "127.0.0.1:28192"
+        assert status["kafka"]["bootstrap"] == f"127.0.0.1:{port}"
         assert status["kafka"]["version"].startswith("4.")
         broker_pid = status["kafka"]["brokers"][0]["pid"]
         daemon_pid = status["store"]["chdb_daemon_pid"]
         assert _alive(broker_pid) and _alive(daemon_pid)
         assert status["store"]["url"].startswith("chdb://")
 
-        metadata = AdminClient({"bootstrap.servers": "127.0.0.1:28192"}).list_topics(timeout=30)
+        metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=30)
         assert set(topics.ALL) <= set(metadata.topics)
 
         # another command finds the store through RECWATCH_HOME alone, while the daemon owns it
@@ -89,18 +91,19 @@ def test_existing_kafka_is_used_and_not_started(tmp_path: Path, kafka_bootstrap:
 
 @pytest.mark.clickhouse_server
 def test_up_with_the_clickhouse_server(tmp_path: Path, kafka_bootstrap: str) -> None:
+    ch_port = free_ports()
     env = {
         **os.environ,
         "RECWATCH_HOME": str(tmp_path / "home"),
         "RECWATCH_KAFKA": kafka_bootstrap,
-        "RECWATCH_CLICKHOUSE_PORT": "28600",
+        "RECWATCH_CLICKHOUSE_PORT": str(ch_port),
     }
     env.pop("RECWATCH_STORE", None)
     up = _recwatch(env, "infra", "up", "--clickhouse", "server")
     try:
         assert up.returncode == 0, up.stderr
         status = _status(env)
-        assert status["store"]["url"] == "clickhouse://127.0.0.1:28600/recwatch"
+        assert status["store"]["url"] == f"clickhouse://127.0.0.1:{ch_port}/recwatch"
         server = status["store"]["clickhouse_server"]
         assert server["version"].startswith("18.16") and _alive(server["pid"])
         sql = _recwatch(

@@ -1,6 +1,6 @@
 """infra.kafka against real Kafka processes: one node, a three-node quorum, and the missing-tool errors.
 
-Ports 29092+ (one node) and 29192+ (three nodes) keep clear of a developer broker on 9092. Every test stops
+Free loopback ports (tests/ports.py) keep clear of a developer broker on 9092 and of other test runs. Every test stops
 what it started in a fixture teardown. Jars come from the shared cache (RECWATCH_CACHE, ~/.cache/recwatch).
 """
 
@@ -18,9 +18,10 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from infra import kafka, processes
 from infra.errors import MissingToolError
 from recwatch.settings import Settings
+from tests.ports import free_ports
 
-SINGLE_PORT = 29092
-TRIPLE_PORT = 29192
+SINGLE_PORT = free_ports(2)
+TRIPLE_PORT = free_ports(6)
 
 
 @pytest.fixture(scope="module")
