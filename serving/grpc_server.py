@@ -1,131 +1,74 @@
-"""The ``tensorflow.serving.PredictionService`` gRPC API over one loaded model.
+"""TF Serving's gRPC API: ``tensorflow.serving.PredictionService``, ``ModelService`` and ``grpc.health.v1``.
 
-``Predict`` follows TF Serving: ``model_spec.name`` must name the served model, ``version`` is optional
-(the loaded, latest one), ``signature_name`` defaults to ``serving_default``, ``output_filter`` selects
-outputs, outputs are written to the typed ``*_val`` fields. Every Predict call, answered or failed,
-publishes exactly one :class:`InferenceEvent` before it returns. ``GetModelMetadata`` returns the
-SavedModel's SignatureDefs. Classify, Regress and MultiInference answer UNIMPLEMENTED.
+``Predict`` follows TF Serving: ``model_spec`` selects a model by name and optionally a version or a version
+label; ``signature_name`` defaults to ``serving_default``; ``output_filter`` selects outputs; outputs are
+written to the typed ``*_val`` fields. Requests that name neither version nor label are routed by
+:class:`serving.manager.ModelManager` (stable / canary split). The request id comes from the
+``x-request-id`` metadata (generated when absent) and is echoed in the trailing metadata.
+``GetModelMetadata`` returns the SavedModel's SignatureDefs. Classify, Regress and MultiInference answer
+UNIMPLEMENTED (SavedModels of this field export predict signatures).
 
-Errors are mapped to status codes only through :func:`serving.errors.status_of`.
+``ModelService.HandleReloadConfigRequest`` replaces the served models (TF Serving semantics); recwatch reads
+canary weights from the ``x-recwatch-canary-weights`` metadata of that call (``ranker=0.1,seq=0.5``).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any, Final, NoReturn, Protocol
+from collections.abc import Mapping
+from typing import Any, Final, NoReturn
 
 import grpc
-import numpy as np
-import numpy.typing as npt
-from tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_management_pb2, predict_pb2
 
-from schemas import InferenceEvent, OutputSummary, TensorSummary
-from serving.errors import (
-    InvalidOutputFilterError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    ServingError,
-    Status,
-    grpc_code_number,
-    status_of,
-)
-from serving.model_repository import DEFAULT_SIGNATURE, LoadedModel, Signature
-from serving.publisher import EventPublisher
-from serving.tensors import decode_inputs, dtype_name, rows_of, to_tensor_proto
+from schemas import TensorSummary
+from serving.config import models_from_proto, parse_canary_weights
+from serving.errors import InvalidRequestError, ServingError, status_of
+from serving.predict import PredictCall, Predictor
+from serving.tensors import decode_inputs, dtype_name, to_tensor_proto
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY: Final = "x-request-id"
-HEAD_VALUES: Final = 64  # OutputSummary.head and InferenceEvent.item_ids keep at most this many values
-_U32_MAX: Final = 2**32 - 1
-
-
-class Clock(Protocol):
-    """Wall-clock time for event timestamps; injected so tests control it."""
-
-    def now_us(self) -> int:
-        """Unix time in microseconds."""
-        ...
-
-
-class SystemClock:
-    def now_us(self) -> int:
-        return time.time_ns() // 1000
+CANARY_WEIGHTS_KEY: Final = "x-recwatch-canary-weights"
 
 
 class PredictionServicer:
-    """Implements ``tensorflow.serving.PredictionService`` for ``model``; register it with
+    """Implements ``tensorflow.serving.PredictionService``; register with
     ``prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server``."""
 
-    def __init__(
-        self, model: LoadedModel, publisher: EventPublisher, *, replica: str = "", clock: Clock | None = None
-    ) -> None:
-        self._model = model
-        self._publisher = publisher
-        self._replica = replica
-        self._clock: Clock = clock or SystemClock()
-
-    @property
-    def model(self) -> LoadedModel:
-        return self._model
+    def __init__(self, predictor: Predictor) -> None:
+        self._predictor = predictor
 
     def Predict(self, request: Any, context: Any) -> Any:  # gRPC's method names
-        received_us = self._clock.now_us()
-        start_ns = time.perf_counter_ns()
         request_id = _request_id(context)
         spec = request.model_spec
-        event = InferenceEvent(
-            event_id=uuid.uuid4().hex,
-            request_id=request_id,
-            received_us=received_us,
-            model=spec.name,
-            replica=self._replica,
-            api="predict",
-            signature=spec.signature_name or DEFAULT_SIGNATURE,
+        protos = request.inputs
+        outcome = self._predictor.run(
+            PredictCall(
+                model=spec.name,
+                version=spec.version.value if spec.HasField("version") else None,
+                label=spec.version_label,
+                signature_name=spec.signature_name,
+                output_filter=list(request.output_filter),
+                request_id=request_id,
+                api="predict",
+                decode=lambda signature: decode_inputs(signature.inputs, protos),
+                input_summaries=lambda: _input_summaries(protos),
+                declared_rows=lambda: _declared_rows(protos),
+            )
         )
-        event.inputs.extend(_input_summaries(request.inputs))
-        arrays: dict[str, npt.NDArray[Any]] = {}
-        compute_ns = 0
-        response = predict_pb2.PredictResponse()
-        failure: tuple[Status, str] | None = None
-        try:
-            model = self._resolve(spec)
-            event.version = model.version
-            signature = model.signature(spec.signature_name)
-            output_names = _select_outputs(signature, request.output_filter)
-            arrays = decode_inputs(signature.inputs, request.inputs)
-            compute_start = time.perf_counter_ns()
-            outputs = signature(arrays)
-            compute_ns = time.perf_counter_ns() - compute_start
-            response.model_spec.name = model.name
-            response.model_spec.version.value = model.version
-            response.model_spec.signature_name = signature.name
-            for name in output_names:
-                array = outputs[name]
-                to_tensor_proto(array, response.outputs[name])
-                event.outputs.append(_output_summary(name, array))
-        except Exception as exc:
-            failure = (status_of(exc), str(exc))
-            if not isinstance(exc, ServingError):
-                log.exception("Predict failed unexpectedly (request_id=%s)", request_id)
-
-        rows = rows_of(a.shape for a in arrays.values()) if arrays else _declared_rows(request.inputs)
-        event.rows = event.batch_size = min(rows, _U32_MAX)
-        _set_ids(event, arrays)
-        if failure is not None:
-            event.status_code = grpc_code_number(failure[0].grpc)
-            event.error = failure[1]
-            del event.outputs[:]  # a failure while encoding may have summarised some outputs already
-        event.latency.compute_us = min(compute_ns // 1000, _U32_MAX)
-        event.latency.total_us = min((time.perf_counter_ns() - start_ns) // 1000, _U32_MAX)
-        event.sent_us = self._clock.now_us()
-        self._publish(event)
         context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
-        if failure is not None:
-            context.abort(failure[0].grpc, failure[1])
+        if outcome.status is not None:
+            context.abort(outcome.status.grpc, outcome.error)
+        assert outcome.resolved is not None and outcome.signature is not None
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = outcome.resolved.model.name
+        response.model_spec.version.value = outcome.resolved.model.version
+        response.model_spec.signature_name = outcome.signature.name
+        for name, array in outcome.outputs.items():
+            to_tensor_proto(array, response.outputs[name])
         return response
 
     def GetModelMetadata(self, request: Any, context: Any) -> Any:
@@ -145,16 +88,6 @@ class PredictionServicer:
     def MultiInference(self, request: Any, context: Any) -> Any:
         _unimplemented(context, "MultiInference")
 
-    def _resolve(self, spec: Any) -> LoadedModel:
-        model = self._model
-        if spec.name != model.name:
-            raise ModelNotFoundError(spec.name)
-        if spec.HasField("version") and spec.version.value != model.version:
-            raise ModelNotFoundError(spec.name, spec.version.value)
-        if spec.version_label:
-            raise ModelNotFoundError(spec.name, detail=f"unknown version label {spec.version_label!r}")
-        return model
-
     def _metadata(self, request: Any) -> Any:
         if not request.HasField("model_spec"):
             raise InvalidRequestError("Missing ModelSpec")
@@ -163,7 +96,10 @@ class PredictionServicer:
         for field in request.metadata_field:
             if field != "signature_def":
                 raise InvalidRequestError(f"Metadata field {field} is not supported")
-        model = self._resolve(request.model_spec)
+        spec = request.model_spec
+        model = self._predictor.manager.resolve(
+            spec.name, spec.version.value if spec.HasField("version") else None, spec.version_label
+        ).model
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature_def in model.signature_defs.items():
             signature_map.signature_def[key].CopyFrom(signature_def)
@@ -173,33 +109,56 @@ class PredictionServicer:
         response.metadata["signature_def"].Pack(signature_map)
         return response
 
-    def _publish(self, event: InferenceEvent) -> None:
+
+class ModelServiceServicer:
+    """Implements ``tensorflow.serving.ModelService`` (GetModelStatus, HandleReloadConfigRequest)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self._manager = predictor.manager
+
+    def GetModelStatus(self, request: Any, context: Any) -> Any:
         try:
-            self._publisher.publish(event)
-        except Exception:  # a publisher must not raise; if one does, the caller still gets its answer
-            log.exception("EventPublisher.publish raised; event %s dropped", event.event_id)
+            spec = request.model_spec
+            version = spec.version.value if spec.HasField("version") else None
+            if spec.version_label:
+                version = self._manager.resolve(spec.name, None, spec.version_label).model.version
+            rows = self._manager.version_status(spec.name, version)
+        except Exception as exc:
+            _abort(context, exc)
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for v, state, error in rows:
+            status = response.model_version_status.add(version=v, state=state)
+            if error:
+                status.status.error_code = 13  # INTERNAL, as TF Serving reports a failed load
+                status.status.error_message = error
+        return response
+
+    def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            weights = _metadata_value(context, CANARY_WEIGHTS_KEY)
+            parsed = parse_canary_weights(weights) if weights else {}
+            if request.HasField("config"):
+                self._manager.reload_config(models_from_proto(request.config))
+            for model, weight in parsed.items():
+                self._manager.set_canary_weight(model, weight)
+        except Exception as exc:
+            if not isinstance(exc, ServingError):
+                log.exception("HandleReloadConfigRequest failed unexpectedly")
+            response.status.error_code = status_of(exc).grpc.value[0]
+            response.status.error_message = str(exc)
+        return response
+
+
+def _metadata_value(context: Any, key: str) -> str:
+    for k, value in context.invocation_metadata() or ():
+        if k == key and value:
+            return str(value)
+    return ""
 
 
 def _request_id(context: Any) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and value:
-            return str(value)
-    return uuid.uuid4().hex
-
-
-def _select_outputs(signature: Signature, output_filter: Iterable[str]) -> list[str]:
-    wanted = list(output_filter)
-    if not wanted:
-        return signature.output_names
-    for name in wanted:
-        if name not in signature.outputs:
-            raise InvalidOutputFilterError(
-                name, f"not an output of the signature (outputs: {', '.join(signature.output_names)})"
-            )
-    if len(set(wanted)) != len(wanted):
-        duplicate = next(n for n in wanted if wanted.count(n) > 1)
-        raise InvalidOutputFilterError(duplicate, "listed twice in output_filter")
-    return wanted
+    return _metadata_value(context, REQUEST_ID_KEY) or uuid.uuid4().hex
 
 
 def _input_summaries(protos: Mapping[str, Any]) -> list[TensorSummary]:
@@ -212,33 +171,6 @@ def _input_summaries(protos: Mapping[str, Any]) -> list[TensorSummary]:
 def _declared_rows(protos: Mapping[str, Any]) -> int:
     """Rows as the request declares them, for events of requests that failed before decoding."""
     return max((max(p.tensor_shape.dim[0].size, 0) for p in protos.values() if p.tensor_shape.dim), default=0)
-
-
-def _output_summary(name: str, array: npt.NDArray[Any]) -> OutputSummary:
-    flat = array.ravel()
-    summary = OutputSummary(name=name, count=min(flat.size, _U32_MAX))
-    if flat.size and flat.dtype.kind in "biuf":
-        summary.mean = float(flat.mean(dtype=np.float64))
-        summary.min = float(flat.min())
-        summary.max = float(flat.max())
-        summary.head.extend(flat[:HEAD_VALUES].astype(np.float32).tolist())
-    return summary
-
-
-def _set_ids(event: InferenceEvent, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
-    user = arrays.get("user_id")
-    if user is not None and user.size:
-        event.user_id = _id_text(user.flat[0])
-    items = arrays.get("item_id")
-    if items is not None and items.size:
-        head = items.ravel()[:HEAD_VALUES].tolist()
-        event.item_ids.extend(map(str, head) if items.dtype.kind in "iu" else map(_id_text, head))
-
-
-def _id_text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
 
 
 def _abort(context: Any, exc: BaseException) -> NoReturn:

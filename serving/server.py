@@ -1,16 +1,21 @@
-"""Assemble and run the model server: load the latest version, bind the gRPC port, stop gracefully.
+"""Assemble and run the model server: models, gRPC services, the polling thread, graceful stop.
 
-Construction only stores configuration; :meth:`ModelServer.start` loads the model and binds (TensorFlow is
-imported there, not when this module is imported)::
+Construction only stores configuration; :meth:`ModelServer.start` loads and warms up the models and binds
+(TensorFlow is imported there, not when this module is imported)::
 
     server = ModelServer(ServeOptions("ranker", Path("models/ranker"), port=0), InMemoryPublisher())
     server.start()
     print(server.port)   # the bound port (port=0 picks a free one)
     server.stop(grace_s=5.0)
+
+Every ``poll_wait_s`` seconds a background thread looks for new versions (TF Serving's
+``--file_system_poll_wait_seconds``) and re-reads the model config file and the canary weights file when they
+changed (``--model_config_file_poll_wait_seconds``).
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -22,29 +27,47 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from serving.config import ModelConfig, parse_canary_weights, parse_model_server_config, single_model
 from serving.errors import ServerStartError
+from serving.manager import ModelManager, synthesized_warmup
 from serving.publisher import EventPublisher
 
 if TYPE_CHECKING:
-    from serving.grpc_server import Clock
     from serving.model_repository import LoadedModel
+    from serving.predict import Clock
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """What to serve and where. ``model_base_path`` is the model's directory holding numeric versions;
+    """What to serve and where. Either ``model_name`` + ``model_base_path`` (the model's directory holding
+    numeric versions) or ``model_config_file`` (TF Serving's ModelServerConfig text format).
     ``replica`` names this process in events (default ``<hostname>-<port>``)."""
 
-    model_name: str
-    model_base_path: Path
+    model_name: str = ""
+    model_base_path: Path | None = None
     port: int = 8500
     host: str = "127.0.0.1"
     replica: str = ""
     max_workers: int = 16
+    model_config_file: Path | None = None
+    canary_weights_file: Path | None = None
+    poll_wait_s: float = 1.0
+    warmup: bool = True
+
+    def model_configs(self) -> list[ModelConfig]:
+        if self.model_config_file is not None:
+            return parse_model_server_config(
+                self.model_config_file.read_text(), relative_to=self.model_config_file.parent
+            )
+        if not self.model_name or self.model_base_path is None:
+            raise ValueError("serve needs --model_config_file, or --model_name with --model_base_path")
+        return single_model(self.model_name, self.model_base_path)
 
 
 class ModelServer:
-    """A TF Serving-compatible gRPC server for one model that publishes an event per Predict call.
+    """A TF Serving-compatible gRPC server that publishes an event per Predict call.
 
     The publisher is the caller's: the server neither starts nor closes it.
     """
@@ -56,7 +79,10 @@ class ModelServer:
         self._server: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._port = 0
-        self._model: LoadedModel | None = None
+        self._manager: ModelManager | None = None
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._mtimes: dict[Path, float] = {}
 
     @property
     def address(self) -> str:
@@ -70,25 +96,40 @@ class ModelServer:
         return self._port
 
     @property
+    def manager(self) -> ModelManager:
+        if self._manager is None:
+            raise RuntimeError("the server is not started")
+        return self._manager
+
+    @property
     def model(self) -> LoadedModel | None:
-        """The loaded model version; None before :meth:`start`."""
-        return self._model
+        """The latest loaded version of the first configured model; None before :meth:`start`."""
+        if self._manager is None:
+            return None
+        for state in self._manager.models().values():
+            if state.versions:
+                return state.versions[max(state.versions)]
+        return None
 
     def start(self) -> None:
-        """Load the latest version under ``model_base_path``, bind and start serving.
+        """Load (and warm up) the configured models, bind and start serving.
 
-        Raises ModelNotFoundError/ModelLoadError if there is no loadable version and ServerStartError if the
-        address cannot be bound (SO_REUSEPORT is off, so a port in use is an error, not a shared port).
+        Raises ServerStartError if the address cannot be bound (SO_REUSEPORT is off, so a port in use is an
+        error, not a shared port). A model with no loadable version yet answers NOT_FOUND until one appears.
         """
         if self._server is not None:
             raise ServerStartError(self.address, "already started")
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+        from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-        from serving.grpc_server import PredictionServicer
-        from serving.model_repository import load_latest
+        from serving.grpc_server import ModelServiceServicer, PredictionServicer
+        from serving.predict import Predictor
 
         opts = self._options
-        model = load_latest(opts.model_base_path, opts.model_name)
+        manager = ModelManager(opts.model_configs(), warmup=synthesized_warmup if opts.warmup else None)
+        manager.poll_once()
+        self._remember_mtimes()
+        self._apply_canary_weights(manager)
         executor = ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="recwatch-grpc")
         server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
         address = self.address
@@ -102,20 +143,75 @@ class ModelServer:
             server.stop(None)
             executor.shutdown(wait=True)
             raise ServerStartError(address, reason)
-        servicer = PredictionServicer(
-            model, self._publisher, replica=opts.replica or f"{socket.gethostname()}-{port}", clock=self._clock
-        )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+        replica = opts.replica or f"{socket.gethostname()}-{port}"
+        predictor = Predictor(manager, self._publisher, replica=replica, clock=self._clock)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(predictor), server)
+        health_servicer = health.HealthServicer()
+        health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in manager.models():
+            health_servicer.set(f"tensorflow.serving.{name}", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         server.start()
-        self._server, self._executor, self._port, self._model = server, executor, port, model
+        self._server, self._executor, self._port, self._manager = server, executor, port, manager
+        self._health = health_servicer
+        if opts.poll_wait_s > 0:
+            self._stop_polling.clear()
+            self._poller = threading.Thread(target=self._poll_loop, name="model-poller", daemon=True)
+            self._poller.start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop_polling.wait(self._options.poll_wait_s):
+            try:
+                self.poll_once()
+            except Exception:  # a bad version dir or config edit must not stop future polls
+                log.exception("polling the model repository failed")
+
+    def poll_once(self) -> None:
+        """One round of what the polling thread does (tests call it directly instead of waiting)."""
+        manager = self.manager
+        opts = self._options
+        if opts.model_config_file is not None and self._changed(opts.model_config_file):
+            manager.reload_config(opts.model_configs())
+        else:
+            manager.poll_once()
+        if opts.canary_weights_file is not None and self._changed(opts.canary_weights_file):
+            self._apply_canary_weights(manager)
+
+    def _changed(self, path: Path) -> bool:
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        if self._mtimes.get(path) == mtime:
+            return False
+        self._mtimes[path] = mtime
+        return True
+
+    def _remember_mtimes(self) -> None:
+        for path in (self._options.model_config_file, self._options.canary_weights_file):
+            if path is not None:
+                self._changed(path)
+
+    def _apply_canary_weights(self, manager: ModelManager) -> None:
+        path = self._options.canary_weights_file
+        if path is None or not path.exists():
+            return
+        for model, weight in parse_canary_weights(path.read_text()).items():
+            manager.set_canary_weight(model, weight)
 
     def stop(self, grace_s: float | None = 5.0) -> None:
         """Stop accepting calls, let in-flight calls finish for up to ``grace_s`` seconds (then cancel them)
         and release the worker threads. Safe to call twice or before :meth:`start`."""
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join()
+            self._poller = None
         server, executor = self._server, self._executor
         if server is None:
             return
         self._server = self._executor = None
+        self._health.enter_graceful_shutdown()
         server.stop(grace_s).wait()
         if executor is not None:
             executor.shutdown(wait=True)

@@ -71,6 +71,12 @@ class TensorSpec:
     def dtype_name(self) -> str:
         return dtype_name(self.dtype)
 
+    @property
+    def numpy_dtype(self) -> np.dtype[Any] | None:
+        """The numpy dtype carrying values of this tensor (object for strings), None if unsupported."""
+        d = _DTYPES.get(self.dtype)
+        return d.numpy if d is not None else None
+
     @classmethod
     def from_proto(cls, dtype: int, shape: tensor_shape_pb2.TensorShapeProto) -> TensorSpec:
         """From a SignatureDef's TensorInfo (``-1`` dims are unknown)."""

@@ -1,0 +1,183 @@
+"""One prediction, whatever the API it came through: resolve the version, decode, compute, account.
+
+Both the gRPC and the REST front ends call :meth:`Predictor.run`; it publishes exactly one
+:class:`InferenceEvent` per call, answered or failed, and returns the outputs or the error for the front end
+to encode. Errors are mapped to status codes only through :func:`serving.errors.status_of`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas import InferenceEvent, OutputSummary, TensorSummary
+from serving.errors import InvalidOutputFilterError, ServingError, Status, grpc_code_number, status_of
+from serving.manager import ModelManager, Resolved
+from serving.model_repository import DEFAULT_SIGNATURE, Signature
+from serving.publisher import EventPublisher
+from serving.tensors import rows_of
+
+log = logging.getLogger(__name__)
+
+HEAD_VALUES: Final = 64  # OutputSummary.head and InferenceEvent.item_ids keep at most this many values
+_U32_MAX: Final = 2**32 - 1
+
+Arrays = dict[str, npt.NDArray[Any]]
+
+
+class Clock(Protocol):
+    """Wall-clock time for event timestamps; injected so tests control it."""
+
+    def now_us(self) -> int:
+        """Unix time in microseconds."""
+        ...
+
+
+class SystemClock:
+    def now_us(self) -> int:
+        return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class PredictCall:
+    """A front end's request, already parsed out of its wire format (inputs are decoded lazily)."""
+
+    model: str
+    version: int | None
+    label: str
+    signature_name: str
+    output_filter: Sequence[str]
+    request_id: str
+    api: str
+    decode: Callable[[Signature], Arrays]  # raises InvalidInputError naming the offending input
+    input_summaries: Callable[[], list[TensorSummary]]
+    declared_rows: Callable[[], int]
+
+
+@dataclass
+class PredictOutcome:
+    resolved: Resolved | None
+    signature: Signature | None
+    outputs: dict[str, npt.NDArray[Any]]
+    status: Status | None  # None when answered
+    error: str
+    event: InferenceEvent
+
+
+class Predictor:
+    def __init__(
+        self,
+        manager: ModelManager,
+        publisher: EventPublisher,
+        *,
+        replica: str,
+        clock: Clock | None = None,
+    ) -> None:
+        self.manager = manager
+        self._publisher = publisher
+        self._replica = replica
+        self._clock: Clock = clock or SystemClock()
+
+    def run(self, call: PredictCall) -> PredictOutcome:
+        received_us = self._clock.now_us()
+        start_ns = time.perf_counter_ns()
+        event = InferenceEvent(
+            event_id=uuid.uuid4().hex,
+            request_id=call.request_id,
+            received_us=received_us,
+            model=call.model,
+            replica=self._replica,
+            api=call.api,
+            signature=call.signature_name or DEFAULT_SIGNATURE,
+        )
+        event.inputs.extend(call.input_summaries())
+        arrays: Arrays = {}
+        outputs: dict[str, npt.NDArray[Any]] = {}
+        resolved: Resolved | None = None
+        signature: Signature | None = None
+        compute_ns = 0
+        status: Status | None = None
+        error = ""
+        try:
+            resolved = self.manager.resolve(call.model, call.version, call.label, call.request_id)
+            event.version = resolved.model.version
+            event.label = resolved.label
+            signature = resolved.model.signature(call.signature_name)
+            names = _select_outputs(signature, call.output_filter)
+            arrays = call.decode(signature)
+            compute_start = time.perf_counter_ns()
+            result = signature(arrays)
+            compute_ns = time.perf_counter_ns() - compute_start
+            outputs = {name: result[name] for name in names}
+            event.outputs.extend(_output_summary(name, array) for name, array in outputs.items())
+        except Exception as exc:
+            status, error = status_of(exc), str(exc)
+            outputs = {}
+            del event.outputs[:]
+            if not isinstance(exc, ServingError):
+                log.exception("prediction failed unexpectedly (request_id=%s)", call.request_id)
+            event.status_code = grpc_code_number(status.grpc)
+            event.error = error
+        rows = rows_of(a.shape for a in arrays.values()) if arrays else call.declared_rows()
+        event.rows = event.batch_size = min(rows, _U32_MAX)
+        _set_ids(event, arrays)
+        event.latency.compute_us = min(compute_ns // 1000, _U32_MAX)
+        event.latency.total_us = min((time.perf_counter_ns() - start_ns) // 1000, _U32_MAX)
+        event.sent_us = self._clock.now_us()
+        self._publish(event)
+        return PredictOutcome(resolved, signature, outputs, status, error, event)
+
+    def _publish(self, event: InferenceEvent) -> None:
+        try:
+            self._publisher.publish(event)
+        except Exception:  # a publisher must not raise; if one does, the caller still gets its answer
+            log.exception("EventPublisher.publish raised; event %s dropped", event.event_id)
+
+
+def _select_outputs(signature: Signature, output_filter: Sequence[str]) -> list[str]:
+    wanted = list(output_filter)
+    if not wanted:
+        return signature.output_names
+    for name in wanted:
+        if name not in signature.outputs:
+            raise InvalidOutputFilterError(
+                name, f"not an output of the signature (outputs: {', '.join(signature.output_names)})"
+            )
+    if len(set(wanted)) != len(wanted):
+        duplicate = next(n for n in wanted if wanted.count(n) > 1)
+        raise InvalidOutputFilterError(duplicate, "listed twice in output_filter")
+    return wanted
+
+
+def _output_summary(name: str, array: npt.NDArray[Any]) -> OutputSummary:
+    flat = array.ravel()
+    summary = OutputSummary(name=name, count=min(flat.size, _U32_MAX))
+    if flat.size and flat.dtype.kind in "biuf":
+        summary.mean = float(flat.mean(dtype=np.float64))
+        summary.min = float(flat.min())
+        summary.max = float(flat.max())
+        summary.head.extend(flat[:HEAD_VALUES].astype(np.float32).tolist())
+    return summary
+
+
+def _set_ids(event: InferenceEvent, arrays: Mapping[str, npt.NDArray[Any]]) -> None:
+    user = arrays.get("user_id")
+    if user is not None and user.size:
+        event.user_id = _id_text(user.flat[0])
+    items = arrays.get("item_id")
+    if items is not None and items.size:
+        head = items.ravel()[:HEAD_VALUES].tolist()
+        event.item_ids.extend(map(str, head) if items.dtype.kind in "iu" else map(_id_text, head))
+
+
+def _id_text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
