@@ -48,8 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a SavedModel over TF Serving's gRPC API (tensorflow_model_server's flag names)",
     )
     serve.add_argument("--port", type=int, default=8500, help="gRPC port")
-    serve.add_argument("--model_name", required=True)
-    serve.add_argument("--model_base_path", type=Path, required=True, help="directory holding <version>/ dirs")
+    serve.add_argument("--model_name", default="", help="the model's name (with --model_base_path)")
+    serve.add_argument("--model_base_path", type=Path, help="directory holding the model's <version>/ dirs")
+    serve.add_argument(
+        "--model_config_file", type=Path, help="TF Serving ModelServerConfig text file (several models, labels)"
+    )
+    serve.add_argument(
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="how often to look for new versions and config changes (0: never)",
+    )
+    serve.add_argument(
+        "--canary_weights_file",
+        type=Path,
+        help="JSON {model: weight}: share of unversioned requests routed to the canary label (re-read on change)",
+    )
     serve.add_argument("--replica", default="", help="replica id in events (default: RECWATCH_REPLICA or host-port)")
     serve.add_argument("--no-events", action="store_true", help="do not publish inference events")
 
@@ -117,8 +131,16 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         stack.ensure_recwatch_topics(settings, bootstrap)
         publisher = KafkaEventPublisher(PublisherConfig(bootstrap=bootstrap))
         publisher.start()
+    if args.model_config_file is None and not (args.model_name and args.model_base_path):
+        raise ConfigError("serve needs --model_config_file, or --model_name with --model_base_path")
     options = ServeOptions(
-        model_name=args.model_name, model_base_path=args.model_base_path, port=args.port, replica=replica
+        model_name=args.model_name,
+        model_base_path=args.model_base_path,
+        model_config_file=args.model_config_file,
+        canary_weights_file=args.canary_weights_file,
+        poll_wait_s=args.file_system_poll_wait_seconds,
+        port=args.port,
+        replica=replica,
     )
     server = ModelServer(options, publisher)
     server.start()

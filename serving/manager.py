@@ -6,6 +6,8 @@ request that resolved a version keeps using it until it finishes, while new requ
 - **New versions** under a model's base path are found by :meth:`ModelManager.poll_once` (run by the polling
   thread every ``--file_system_poll_wait_seconds``), loaded and *warmed up* before the snapshot includes
   them, so no request pays for TensorFlow's first-call tracing.
+- **A version that fails to load** is reported (GetModelStatus) and not retried; the versions already loaded
+  keep serving until a wanted version is up (availability first, as TF Serving's default policy).
 - **Old versions** leave the snapshot first; in-flight requests still hold them and finish normally; the
   ``on_unload`` hook (the result cache) runs after the swap. Nothing is torn down under a running request.
 - **Routing** of a request that names neither a version nor a label: if the model has ``stable`` and
@@ -83,6 +85,7 @@ class ModelManager:
         self._snapshot: dict[str, ModelState] = {name: ModelState(c) for name, c in self._configs.items()}
         self._status: dict[tuple[str, int], tuple[int, str]] = {}  # (model, version) -> (state, error)
         self._weights: dict[str, float] = {}
+        self._failed: set[tuple[str, int]] = set()
         self._lock = threading.Lock()  # one poll/reload at a time; readers never take it
 
     # ------------------------------------------------------------------ requests (lock-free reads)
@@ -165,7 +168,8 @@ class ModelManager:
         snapshot: dict[str, ModelState] = {}
         for name, config in self._configs.items():
             current = self._snapshot.get(name) or ModelState(config)
-            wanted = config.policy.select(list_versions(config.base_path))
+            available = [v for v in list_versions(config.base_path) if (name, v) not in self._failed]
+            wanted = config.policy.select(available)
             versions = {v: m for v, m in current.versions.items() if v in wanted}
             for version in wanted:
                 if version in versions:
@@ -174,6 +178,8 @@ class ModelManager:
                 if loaded is not None:
                     versions[version] = loaded
                     changes.append(f"{name}: version {version} loaded")
+            if not versions:  # availability first: keep what serves until a wanted version is up
+                versions = dict(current.versions)
             for version in current.versions:
                 if version not in versions:
                     unloaded.append((name, version))
@@ -214,6 +220,7 @@ class ModelManager:
                 self._warmup(model)
         except (ModelLoadError, ModelNotFoundError) as exc:
             self._status[key] = (END, str(exc))
+            self._failed.add(key)  # not retried: publish the fixed model under a new version number
             log.error("model %s version %d not loaded: %s", config.name, version, exc)
             return None
         self._status[key] = (AVAILABLE, "")
