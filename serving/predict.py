@@ -20,7 +20,7 @@ import numpy.typing as npt
 from schemas import InferenceEvent, OutputSummary, TensorSummary
 from serving.errors import InvalidOutputFilterError, ServingError, Status, grpc_code_number, status_of
 from serving.manager import ModelManager, Resolved
-from serving.model_repository import DEFAULT_SIGNATURE, Signature
+from serving.model_repository import DEFAULT_SIGNATURE, LoadedModel, Signature
 from serving.publisher import EventPublisher
 from serving.tensors import rows_of
 
@@ -30,6 +30,52 @@ HEAD_VALUES: Final = 64  # OutputSummary.head and InferenceEvent.item_ids keep a
 _U32_MAX: Final = 2**32 - 1
 
 Arrays = dict[str, npt.NDArray[Any]]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """What running a signature cost; the batcher fills the queue and batch parts."""
+
+    outputs: dict[str, npt.NDArray[Any]]
+    queue_us: int = 0
+    batch_us: int = 0
+    compute_us: int = 0
+    batch_size: int = 0  # rows in the batch the request was computed in (0: the request's own rows)
+
+
+class Executor(Protocol):
+    """Runs a signature on one request's inputs: directly, or batched with other requests (``batching.py``).
+
+    Raises OverloadedError when it sheds load, or the signature's own errors.
+    """
+
+    def execute(self, model: LoadedModel, signature: Signature, inputs: Arrays) -> Execution: ...
+
+
+class DirectExecutor:
+    """Calls the signature on the request thread."""
+
+    def execute(self, model: LoadedModel, signature: Signature, inputs: Arrays) -> Execution:
+        start = time.perf_counter_ns()
+        outputs = signature(inputs)
+        return Execution(outputs, compute_us=(time.perf_counter_ns() - start) // 1000)
+
+
+class ResultCache(Protocol):
+    """Answers repeated requests without computing (``cache.py``). Keys cover model, version, signature,
+    output filter and the canonical bytes of the inputs; entries of a version go when it unloads."""
+
+    def get(self, model: LoadedModel, signature: Signature, names: Sequence[str], inputs: Arrays) -> Arrays | None: ...
+
+    def put(
+        self, model: LoadedModel, signature: Signature, names: Sequence[str], inputs: Arrays, outputs: Arrays
+    ) -> None: ...
+
+
+class RequestObserver(Protocol):
+    """Sees every finished request's event, on the request thread (Prometheus metrics). Must be cheap."""
+
+    def observe(self, event: InferenceEvent) -> None: ...
 
 
 class Clock(Protocol):
@@ -79,11 +125,17 @@ class Predictor:
         *,
         replica: str,
         clock: Clock | None = None,
+        executor: Executor | None = None,
+        cache: ResultCache | None = None,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         self.manager = manager
         self._publisher = publisher
         self._replica = replica
         self._clock: Clock = clock or SystemClock()
+        self._executor: Executor = executor or DirectExecutor()
+        self._cache = cache
+        self._observers = tuple(observers)
 
     def run(self, call: PredictCall) -> PredictOutcome:
         received_us = self._clock.now_us()
@@ -102,7 +154,8 @@ class Predictor:
         outputs: dict[str, npt.NDArray[Any]] = {}
         resolved: Resolved | None = None
         signature: Signature | None = None
-        compute_ns = 0
+        compute_us = 0
+        batch_size = 0
         status: Status | None = None
         error = ""
         try:
@@ -112,10 +165,19 @@ class Predictor:
             signature = resolved.model.signature(call.signature_name)
             names = _select_outputs(signature, call.output_filter)
             arrays = call.decode(signature)
-            compute_start = time.perf_counter_ns()
-            result = signature(arrays)
-            compute_ns = time.perf_counter_ns() - compute_start
-            outputs = {name: result[name] for name in names}
+            cached = self._cache.get(resolved.model, signature, names, arrays) if self._cache is not None else None
+            if cached is not None:
+                event.cache_hit = True
+                outputs = cached
+            else:
+                execution = self._executor.execute(resolved.model, signature, arrays)
+                outputs = {name: execution.outputs[name] for name in names}
+                lat = event.latency
+                lat.queue_us, lat.batch_us = min(execution.queue_us, _U32_MAX), min(execution.batch_us, _U32_MAX)
+                compute_us = execution.compute_us
+                batch_size = execution.batch_size
+                if self._cache is not None:
+                    self._cache.put(resolved.model, signature, names, arrays, outputs)
             event.outputs.extend(_output_summary(name, array) for name, array in outputs.items())
         except Exception as exc:
             status, error = status_of(exc), str(exc)
@@ -126,9 +188,10 @@ class Predictor:
             event.status_code = grpc_code_number(status.grpc)
             event.error = error
         rows = rows_of(a.shape for a in arrays.values()) if arrays else call.declared_rows()
-        event.rows = event.batch_size = min(rows, _U32_MAX)
+        event.rows = min(rows, _U32_MAX)
+        event.batch_size = min(batch_size or rows, _U32_MAX)
         _set_ids(event, arrays)
-        event.latency.compute_us = min(compute_ns // 1000, _U32_MAX)
+        event.latency.compute_us = min(compute_us, _U32_MAX)
         event.latency.total_us = min((time.perf_counter_ns() - start_ns) // 1000, _U32_MAX)
         event.sent_us = self._clock.now_us()
         self._publish(event)
@@ -139,6 +202,11 @@ class Predictor:
             self._publisher.publish(event)
         except Exception:  # a publisher must not raise; if one does, the caller still gets its answer
             log.exception("EventPublisher.publish raised; event %s dropped", event.event_id)
+        for observer in self._observers:
+            try:
+                observer.observe(event)
+            except Exception:
+                log.exception("request observer %r raised", observer)
 
 
 def _select_outputs(signature: Signature, output_filter: Sequence[str]) -> list[str]:
