@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--replica", default="", help="replica id in events (default: RECWATCH_REPLICA or host-port)")
     serve.add_argument("--no-events", action="store_true", help="do not publish inference events")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="run N server processes on ports port, port+10, …; clients use gRPC round_robin over them",
+    )
 
     worker = sub.add_parser("worker", help="run the stream worker: events -> raw rows and 10 s aggregates")
     worker.add_argument("--window-seconds", type=int, default=10)
@@ -114,8 +120,34 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_replicas(settings: Settings, args: argparse.Namespace) -> int:
+    import socket
+
+    from serving.replicas import Supervisor, replica_specs, round_robin_target
+
+    base = [sys.executable, "-m", "recwatch.cli", "serve"]
+    for flag in ("model_name", "model_base_path", "model_config_file", "canary_weights_file"):
+        value = getattr(args, flag)
+        if value:
+            base += [f"--{flag}", str(value)]
+    base += ["--file_system_poll_wait_seconds", str(args.file_system_poll_wait_seconds)]
+    if args.no_events:
+        base.append("--no-events")
+    replica = args.replica or settings.replica or socket.gethostname()
+    specs = replica_specs(base, replicas=args.replicas, port=args.port, rest_port=None, replica=replica)
+    logging.getLogger("recwatch.serve").info(
+        "%d replicas; clients: grpc.insecure_channel(%r, options=[('grpc.lb_policy_name', 'round_robin')])",
+        args.replicas,
+        round_robin_target("127.0.0.1", args.port, args.replicas),
+    )
+    return Supervisor(specs).run()
+
+
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import socket
+
+    if args.replicas > 1:
+        return _serve_replicas(settings, args)
 
     from infra import stack
     from producers import KafkaEventPublisher, PublisherConfig

@@ -31,6 +31,7 @@ from serving.tensors import decode_inputs, dtype_name, to_tensor_proto
 log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY: Final = "x-request-id"
+REPLICA_KEY: Final = "x-recwatch-replica"
 CANARY_WEIGHTS_KEY: Final = "x-recwatch-canary-weights"
 
 
@@ -40,6 +41,7 @@ class PredictionServicer:
 
     def __init__(self, predictor: Predictor) -> None:
         self._predictor = predictor
+        self._replica = predictor.replica
 
     def Predict(self, request: Any, context: Any) -> Any:  # gRPC's method names
         request_id = _request_id(context)
@@ -59,7 +61,7 @@ class PredictionServicer:
                 declared_rows=lambda: _declared_rows(protos),
             )
         )
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), (REPLICA_KEY, self._replica)))
         if outcome.status is not None:
             context.abort(outcome.status.grpc, outcome.error)
         assert outcome.resolved is not None and outcome.signature is not None

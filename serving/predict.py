@@ -130,8 +130,8 @@ class Predictor:
         observers: Sequence[RequestObserver] = (),
     ) -> None:
         self.manager = manager
+        self.replica = replica
         self._publisher = publisher
-        self._replica = replica
         self._clock: Clock = clock or SystemClock()
         self._executor: Executor = executor or DirectExecutor()
         self._cache = cache
@@ -145,7 +145,7 @@ class Predictor:
             request_id=call.request_id,
             received_us=received_us,
             model=call.model,
-            replica=self._replica,
+            replica=self.replica,
             api=call.api,
             signature=call.signature_name or DEFAULT_SIGNATURE,
         )

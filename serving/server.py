@@ -34,7 +34,7 @@ from serving.publisher import EventPublisher
 
 if TYPE_CHECKING:
     from serving.model_repository import LoadedModel
-    from serving.predict import Clock
+    from serving.predict import Clock, Executor
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,18 @@ class ModelServer:
     The publisher is the caller's: the server neither starts nor closes it.
     """
 
-    def __init__(self, options: ServeOptions, publisher: EventPublisher, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        options: ServeOptions,
+        publisher: EventPublisher,
+        *,
+        clock: Clock | None = None,
+        executor: Executor | None = None,
+    ) -> None:
         self._options = options
         self._publisher = publisher
         self._clock = clock
+        self._executor_override = executor
         self._server: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._port = 0
@@ -144,7 +152,9 @@ class ModelServer:
             executor.shutdown(wait=True)
             raise ServerStartError(address, reason)
         replica = opts.replica or f"{socket.gethostname()}-{port}"
-        predictor = Predictor(manager, self._publisher, replica=replica, clock=self._clock)
+        predictor = Predictor(
+            manager, self._publisher, replica=replica, clock=self._clock, executor=self._executor_override
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(predictor), server)
         health_servicer = health.HealthServicer()
