@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--replica", default="", help="replica id in events (default: RECWATCH_REPLICA or host-port)")
     serve.add_argument("--no-events", action="store_true", help="do not publish inference events")
+    serve.add_argument("--enable_batching", action="store_true", help="batch requests across callers (TF Serving)")
+    serve.add_argument("--batching_parameters_file", type=Path, help="TF Serving BatchingParameters text file")
+    serve.add_argument("--result_cache_models", default="", help="comma-separated models whose results are cached")
+    serve.add_argument("--result_cache_bytes", type=int, default=64 << 20, help="result cache size bound (bytes)")
+    serve.add_argument("--result_cache_ttl_seconds", type=float, default=60.0, help="result cache entry lifetime")
     serve.add_argument(
         "--replicas",
         type=int,
@@ -120,6 +125,23 @@ def _infra(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _batching_parameters(args: argparse.Namespace) -> Any:
+    """TF Serving's rules: a parameters file needs --enable_batching; batching alone takes the defaults."""
+    from serving.batching import BatchingParameters, parse_batching_parameters
+    from serving.config import ConfigFileError
+
+    if args.batching_parameters_file is not None and not args.enable_batching:
+        raise ConfigError("--batching_parameters_file needs --enable_batching (as in tensorflow_model_server)")
+    if not args.enable_batching:
+        return None
+    if args.batching_parameters_file is None:
+        return BatchingParameters(thread_pool_name="model_server_batch_threads")
+    try:
+        return parse_batching_parameters(args.batching_parameters_file.read_text())
+    except (OSError, ConfigFileError) as exc:
+        raise ConfigError(f"--batching_parameters_file {args.batching_parameters_file}: {exc}") from None
+
+
 def _serve_replicas(settings: Settings, args: argparse.Namespace) -> int:
     import socket
 
@@ -131,6 +153,14 @@ def _serve_replicas(settings: Settings, args: argparse.Namespace) -> int:
         if value:
             base += [f"--{flag}", str(value)]
     base += ["--file_system_poll_wait_seconds", str(args.file_system_poll_wait_seconds)]
+    if args.enable_batching:
+        base.append("--enable_batching")
+    if args.batching_parameters_file:
+        base += ["--batching_parameters_file", str(args.batching_parameters_file)]
+    if args.result_cache_models:
+        base += ["--result_cache_models", args.result_cache_models]
+    base += ["--result_cache_bytes", str(args.result_cache_bytes)]
+    base += ["--result_cache_ttl_seconds", str(args.result_cache_ttl_seconds)]
     if args.no_events:
         base.append("--no-events")
     replica = args.replica or settings.replica or socket.gethostname()
@@ -165,6 +195,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         publisher.start()
     if args.model_config_file is None and not (args.model_name and args.model_base_path):
         raise ConfigError("serve needs --model_config_file, or --model_name with --model_base_path")
+    batching = _batching_parameters(args)
     options = ServeOptions(
         model_name=args.model_name,
         model_base_path=args.model_base_path,
@@ -173,6 +204,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         poll_wait_s=args.file_system_poll_wait_seconds,
         port=args.port,
         replica=replica,
+        batching=batching,
+        result_cache_models=frozenset(filter(None, args.result_cache_models.split(","))),
+        result_cache_bytes=args.result_cache_bytes,
+        result_cache_ttl_s=args.result_cache_ttl_seconds,
     )
     server = ModelServer(options, publisher)
     server.start()

@@ -33,6 +33,8 @@ from serving.manager import ModelManager, synthesized_warmup
 from serving.publisher import EventPublisher
 
 if TYPE_CHECKING:
+    from serving.batching import BatchingExecutor, BatchingParameters
+    from serving.cache import LruResultCache
     from serving.model_repository import LoadedModel
     from serving.predict import Clock, Executor
 
@@ -55,6 +57,10 @@ class ServeOptions:
     canary_weights_file: Path | None = None
     poll_wait_s: float = 1.0
     warmup: bool = True
+    batching: BatchingParameters | None = None  # None: every request computed on its own thread
+    result_cache_models: frozenset[str] = frozenset()  # models whose results are cached (none by default)
+    result_cache_bytes: int = 64 << 20
+    result_cache_ttl_s: float | None = 60.0
 
     def model_configs(self) -> list[ModelConfig]:
         if self.model_config_file is not None:
@@ -91,6 +97,8 @@ class ModelServer:
         self._stop_polling = threading.Event()
         self._poller: threading.Thread | None = None
         self._mtimes: dict[Path, float] = {}
+        self._batcher: BatchingExecutor | None = None
+        self._cache: LruResultCache | None = None
 
     @property
     def address(self) -> str:
@@ -130,11 +138,30 @@ class ModelServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        from serving.batching import BatchingExecutor
+        from serving.cache import LruResultCache
         from serving.grpc_server import ModelServiceServicer, PredictionServicer
         from serving.predict import Predictor
 
         opts = self._options
-        manager = ModelManager(opts.model_configs(), warmup=synthesized_warmup if opts.warmup else None)
+        batcher = BatchingExecutor(opts.batching) if opts.batching is not None else None
+        cache = (
+            LruResultCache(opts.result_cache_bytes, opts.result_cache_ttl_s, models=opts.result_cache_models)
+            if opts.result_cache_models
+            else None
+        )
+        forget_hooks = [hook for hook in (cache and cache.forget, batcher and batcher.forget) if hook]
+
+        def on_unload(model: str, version: int) -> None:
+            for hook in forget_hooks:
+                try:
+                    hook(model, version)
+                except Exception:
+                    log.exception("forgetting %s version %d failed", model, version)
+
+        manager = ModelManager(
+            opts.model_configs(), warmup=synthesized_warmup if opts.warmup else None, on_unload=on_unload
+        )
         manager.poll_once()
         self._remember_mtimes()
         self._apply_canary_weights(manager)
@@ -150,10 +177,17 @@ class ModelServer:
         if not port:
             server.stop(None)
             executor.shutdown(wait=True)
+            if batcher is not None:
+                batcher.close()
             raise ServerStartError(address, reason)
         replica = opts.replica or f"{socket.gethostname()}-{port}"
         predictor = Predictor(
-            manager, self._publisher, replica=replica, clock=self._clock, executor=self._executor_override
+            manager,
+            self._publisher,
+            replica=replica,
+            clock=self._clock,
+            executor=self._executor_override or batcher,
+            cache=cache,
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(predictor), server)
@@ -164,6 +198,7 @@ class ModelServer:
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         server.start()
         self._server, self._executor, self._port, self._manager = server, executor, port, manager
+        self._batcher, self._cache = batcher, cache
         self._health = health_servicer
         if opts.poll_wait_s > 0:
             self._stop_polling.clear()
@@ -225,6 +260,8 @@ class ModelServer:
         server.stop(grace_s).wait()
         if executor is not None:
             executor.shutdown(wait=True)
+        if self._batcher is not None:
+            self._batcher.close()
 
     def serve_forever(self, stop_event: threading.Event | None = None, *, grace_s: float = 5.0) -> None:
         """Start if needed, serve until ``stop_event`` is set or SIGTERM/SIGINT arrives, then :meth:`stop`.

@@ -169,3 +169,37 @@ def test_labels_canary_weight_and_model_status(tmp_path: Path, two_versions: Pat
     ]
     health = health_pb2_grpc.HealthStub(s.channel).Check(health_pb2.HealthCheckRequest(service=""))
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_batching_and_cache_through_the_server(two_versions: Path, serve: list[Served]) -> None:
+    from serving.batching import BatchingParameters
+
+    options = ServeOptions(
+        MODEL,
+        two_versions,
+        port=0,
+        poll_wait_s=0,
+        batching=BatchingParameters(max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=1),
+        result_cache_models=frozenset({MODEL}),
+    )
+    s = _start(serve, options)
+    single = _request(rows=1)
+    expected = s.predict.Predict(single).outputs["scores"].float_val
+
+    def call(i: int) -> None:
+        req = _request(rows=1)
+        req.inputs["item_id"].CopyFrom(to_tensor_proto(np.array([1000 + i], dtype=np.int64)))  # distinct: no hits
+        s.predict.Predict(req, timeout=30)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batched = [e for e in s.publisher.events if e.batch_size > e.rows]
+    assert batched, "concurrent single-row requests were never computed together"
+    assert all(e.latency.queue_us > 0 for e in batched)
+
+    again = s.predict.Predict(single)  # the same request again: answered from the cache
+    assert list(again.outputs["scores"].float_val) == list(expected)
+    assert s.publisher.events[-1].cache_hit and not s.publisher.events[0].cache_hit
