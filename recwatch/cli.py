@@ -105,9 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:
         from infra.errors import InfraError
+        from producers import ProducerError
         from store.base import StoreError
 
-        if isinstance(exc, InfraError | StoreError):
+        if isinstance(exc, InfraError | StoreError | ProducerError):
             print(f"recwatch: {exc}", file=sys.stderr)
             return 1
         raise
@@ -180,7 +181,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         return _serve_replicas(settings, args)
 
     from infra import stack
-    from producers import KafkaEventPublisher, PublisherConfig
+    from producers import EventLogger, EventLoggerConfig
     from serving.publisher import NullPublisher
     from serving.server import ModelServer, ServeOptions
 
@@ -191,7 +192,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     else:
         bootstrap = stack.bootstrap_servers(settings)
         stack.ensure_recwatch_topics(settings, bootstrap)
-        publisher = KafkaEventPublisher(PublisherConfig(bootstrap=bootstrap))
+        # one spool per replica (it is locked); kept across restarts so the next run replays what is left
+        publisher = EventLogger(EventLoggerConfig(bootstrap=bootstrap, spool_dir=settings.home / "spool" / replica))
         publisher.start()
     if args.model_config_file is None and not (args.model_name and args.model_base_path):
         raise ConfigError("serve needs --model_config_file, or --model_name with --model_base_path")
@@ -221,7 +223,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     try:
         server.serve_forever()
     finally:
-        if isinstance(publisher, KafkaEventPublisher):
+        if isinstance(publisher, EventLogger):
             undelivered = publisher.close()
             logging.getLogger("recwatch.serve").info(
                 "publisher closed: %s (undelivered %d)", publisher.stats.as_dict(), undelivered
