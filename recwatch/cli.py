@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a SavedModel over TF Serving's gRPC API (tensorflow_model_server's flag names)",
     )
     serve.add_argument("--port", type=int, default=8500, help="gRPC port")
+    serve.add_argument("--rest_api_port", type=int, default=8501, help="REST API and /metrics port; 0: off")
     serve.add_argument("--model_name", default="", help="the model's name (with --model_base_path)")
     serve.add_argument("--model_base_path", type=Path, help="directory holding the model's <version>/ dirs")
     serve.add_argument(
@@ -165,7 +166,9 @@ def _serve_replicas(settings: Settings, args: argparse.Namespace) -> int:
     if args.no_events:
         base.append("--no-events")
     replica = args.replica or settings.replica or socket.gethostname()
-    specs = replica_specs(base, replicas=args.replicas, port=args.port, rest_port=None, replica=replica)
+    specs = replica_specs(
+        base, replicas=args.replicas, port=args.port, rest_port=args.rest_api_port or None, replica=replica
+    )
     logging.getLogger("recwatch.serve").info(
         "%d replicas; clients: grpc.insecure_channel(%r, options=[('grpc.lb_policy_name', 'round_robin')])",
         args.replicas,
@@ -210,8 +213,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         result_cache_models=frozenset(filter(None, args.result_cache_models.split(","))),
         result_cache_bytes=args.result_cache_bytes,
         result_cache_ttl_s=args.result_cache_ttl_seconds,
+        rest_api_port=args.rest_api_port or None,
     )
-    server = ModelServer(options, publisher)
+    logger = publisher if isinstance(publisher, EventLogger) else None
+    server = ModelServer(options, publisher, producer_stats=(lambda: logger.stats) if logger is not None else None)
     server.start()
     logging.getLogger("recwatch.serve").info(
         "serving %s from %s on 127.0.0.1:%d as replica %s",

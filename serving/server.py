@@ -33,10 +33,13 @@ from serving.manager import ModelManager, synthesized_warmup
 from serving.publisher import EventPublisher
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from serving.batching import BatchingExecutor, BatchingParameters
     from serving.cache import LruResultCache
     from serving.model_repository import LoadedModel
     from serving.predict import Clock, Executor
+    from serving.rest import RestServer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class ServeOptions:
     result_cache_models: frozenset[str] = frozenset()  # models whose results are cached (none by default)
     result_cache_bytes: int = 64 << 20
     result_cache_ttl_s: float | None = 60.0
+    rest_api_port: int | None = None  # REST API and /metrics; None: off, 0: any free port
 
     def model_configs(self) -> list[ModelConfig]:
         if self.model_config_file is not None:
@@ -85,11 +89,14 @@ class ModelServer:
         *,
         clock: Clock | None = None,
         executor: Executor | None = None,
+        producer_stats: Callable[[], object] | None = None,
     ) -> None:
         self._options = options
         self._publisher = publisher
         self._clock = clock
         self._executor_override = executor
+        self._producer_stats = producer_stats
+        self._rest: RestServer | None = None
         self._server: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._port = 0
@@ -110,6 +117,11 @@ class ModelServer:
     def port(self) -> int:
         """The bound port; 0 before :meth:`start`."""
         return self._port
+
+    @property
+    def rest_port(self) -> int:
+        """The bound REST port; 0 when REST is off or before :meth:`start`."""
+        return self._rest.port if self._rest is not None else 0
 
     @property
     def manager(self) -> ModelManager:
@@ -141,7 +153,9 @@ class ModelServer:
         from serving.batching import BatchingExecutor
         from serving.cache import LruResultCache
         from serving.grpc_server import ModelServiceServicer, PredictionServicer
+        from serving.metrics import ServingMetrics
         from serving.predict import Predictor
+        from serving.rest import RestServer
 
         opts = self._options
         batcher = BatchingExecutor(opts.batching) if opts.batching is not None else None
@@ -181,6 +195,11 @@ class ModelServer:
                 batcher.close()
             raise ServerStartError(address, reason)
         replica = opts.replica or f"{socket.gethostname()}-{port}"
+        metrics = ServingMetrics(
+            producer_stats=self._producer_stats,
+            cache_stats=cache.stats if cache is not None else None,
+            queue_depth=batcher.queued_requests if batcher is not None else None,
+        )
         predictor = Predictor(
             manager,
             self._publisher,
@@ -188,7 +207,19 @@ class ModelServer:
             clock=self._clock,
             executor=self._executor_override or batcher,
             cache=cache,
+            observers=[metrics],
         )
+        if opts.rest_api_port is not None:
+            rest = RestServer(predictor, host=opts.host, port=opts.rest_api_port, metrics=metrics)
+            try:
+                rest.start()
+            except Exception:
+                server.stop(None)
+                executor.shutdown(wait=True)
+                if batcher is not None:
+                    batcher.close()
+                raise
+            self._rest = rest
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(predictor), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServiceServicer(predictor), server)
         health_servicer = health.HealthServicer()
@@ -257,7 +288,13 @@ class ModelServer:
             return
         self._server = self._executor = None
         self._health.enter_graceful_shutdown()
+        rest, self._rest = self._rest, None
+        rest_stopper = threading.Thread(target=rest.stop, args=(grace_s or 0.0,)) if rest is not None else None
+        if rest_stopper is not None:
+            rest_stopper.start()  # both front ends drain at once
         server.stop(grace_s).wait()
+        if rest_stopper is not None:
+            rest_stopper.join()
         if executor is not None:
             executor.shutdown(wait=True)
         if self._batcher is not None:

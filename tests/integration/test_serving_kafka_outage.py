@@ -67,7 +67,7 @@ def test_kafka_outage_loses_no_request_and_no_event(own_kafka: tuple[Path, int, 
     port = free_ports(1)
     logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("serve", "worker")}  # noqa: SIM115
     serve = subprocess.Popen(
-        [sys.executable, "-m", "recwatch.cli", "serve", "--model_name", MODEL,
+        [sys.executable, "-m", "recwatch.cli", "serve", "--rest_api_port", "0", "--model_name", MODEL,
          "--model_base_path", str(tmp_path / "models" / MODEL), "--port", str(port)],
         env=env, stdout=logs["serve"], stderr=logs["serve"],
     )  # fmt: skip

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,10 +50,10 @@ def _request() -> predict_pb2.PredictRequest:
 
 @pytest.fixture
 def replicas(model_base: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_ports(11)  # replicas listen on port and port + 10
+    port = free_ports(12)  # replica i: gRPC on port + 10 i, REST on port + 10 i + 1
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recwatch.cli", "serve", "--replicas", "2", "--no-events", "--port", str(port),
+        [sys.executable, "-m", "recwatch.cli", "serve", "--replicas", "2", "--no-events", "--port", str(port), "--rest_api_port", str(port + 1),
          "--model_name", MODEL, "--model_base_path", str(model_base), "--replica", "t"],
         stdout=log, stderr=log, env={**os.environ, "RECWATCH_HOME": str(tmp_path)},
     )  # fmt: skip
@@ -83,6 +84,15 @@ def test_round_robin_spreads_calls_over_replicas_and_sigterm_stops_them(
     channel.close()
     assert set(seen) == {"t-0", "t-1"}
     assert min(seen.values()) >= 10
+    for i in range(2):  # each replica exports its own Prometheus metrics on its REST port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port + 10 * i + 1}/metrics", timeout=30) as answer:
+            text = answer.read().decode()
+        counted = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("recwatch_requests_total{") and 'status="OK"' in line
+        )
+        assert counted == seen[f"t-{i}"]
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0

@@ -130,7 +130,18 @@ def _model_dir(model_base: Path, tmp_path: Path) -> tuple[str, Path]:
 def test_n_requests_give_n_events_and_aggregates_summing_to_n(stack: Stack, model_base: Path, tmp_path: Path) -> None:
     model, path = _model_dir(model_base, tmp_path)
     port = _free_port()
-    stack.start("serve", "--model_name", model, "--model_base_path", str(path), "--port", str(port), log="serve.log")
+    stack.start(
+        "serve",
+        "--rest_api_port",
+        "0",
+        "--model_name",
+        model,
+        "--model_base_path",
+        str(path),
+        "--port",
+        str(port),
+        log="serve.log",
+    )
     stack.start("worker", "--group", f"g-{uuid.uuid4().hex[:8]}", log="worker.log")
     n = 120
     _send(port, model, n, prefix=model)
@@ -149,7 +160,18 @@ def test_worker_restart_and_kill_neither_lose_nor_double_count(stack: Stack, mod
     model, path = _model_dir(model_base, tmp_path)
     port = _free_port()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    stack.start("serve", "--model_name", model, "--model_base_path", str(path), "--port", str(port), log="serve.log")
+    stack.start(
+        "serve",
+        "--rest_api_port",
+        "0",
+        "--model_name",
+        model,
+        "--model_base_path",
+        str(path),
+        "--port",
+        str(port),
+        log="serve.log",
+    )
     events = f"SELECT count() FROM inference_events WHERE model = '{model}'"
     requests = f"SELECT sum(requests) FROM inference_metrics_10s WHERE model = '{model}'"
 
@@ -185,7 +207,18 @@ def test_a_non_python_consumer_reads_events_with_kcat_and_protoc(
 ) -> None:
     model, path = _model_dir(model_base, tmp_path)
     port = _free_port()
-    stack.start("serve", "--model_name", model, "--model_base_path", str(path), "--port", str(port), log="serve.log")
+    stack.start(
+        "serve",
+        "--rest_api_port",
+        "0",
+        "--model_name",
+        model,
+        "--model_base_path",
+        str(path),
+        "--port",
+        str(port),
+        log="serve.log",
+    )
     _send(port, model, 3, prefix="kcat")
     # the documented recipe (docs/schemas.md): kcat lists keys and offsets, then prints one raw value for protoc
     kcat = ["kcat", "-b", kafka_bootstrap, "-C", "-t", topics.INFERENCE, "-e", "-q"]
