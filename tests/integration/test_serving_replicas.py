@@ -53,7 +53,8 @@ def replicas(model_base: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Pope
     port = free_ports(12)  # replica i: gRPC on port + 10 i, REST on port + 10 i + 1
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "recwatch.cli", "serve", "--replicas", "2", "--no-events", "--port", str(port), "--rest_api_port", str(port + 1),
+        [sys.executable, "-m", "recwatch.cli", "serve", "--replicas", "2", "--no-events",
+         "--port", str(port), "--rest_api_port", str(port + 1),
          "--model_name", MODEL, "--model_base_path", str(model_base), "--replica", "t"],
         stdout=log, stderr=log, env={**os.environ, "RECWATCH_HOME": str(tmp_path)},
     )  # fmt: skip

@@ -118,6 +118,11 @@ def _send(port: int, model: str, n: int, prefix: str) -> None:
     channel.close()
 
 
+def _serve(stack: Stack, model: str, path: Path, port: int) -> None:
+    args = ["--model_name", model, "--model_base_path", str(path), "--port", str(port), "--rest_api_port", "0"]
+    stack.start("serve", *args, log="serve.log")
+
+
 def _model_dir(model_base: Path, tmp_path: Path) -> tuple[str, Path]:
     """A uniquely named copy of the model, so this test's aggregates are its own on the shared topic."""
     name = f"ranker_{uuid.uuid4().hex[:8]}"
@@ -130,18 +135,7 @@ def _model_dir(model_base: Path, tmp_path: Path) -> tuple[str, Path]:
 def test_n_requests_give_n_events_and_aggregates_summing_to_n(stack: Stack, model_base: Path, tmp_path: Path) -> None:
     model, path = _model_dir(model_base, tmp_path)
     port = _free_port()
-    stack.start(
-        "serve",
-        "--rest_api_port",
-        "0",
-        "--model_name",
-        model,
-        "--model_base_path",
-        str(path),
-        "--port",
-        str(port),
-        log="serve.log",
-    )
+    _serve(stack, model, path, port)
     stack.start("worker", "--group", f"g-{uuid.uuid4().hex[:8]}", log="worker.log")
     n = 120
     _send(port, model, n, prefix=model)
@@ -160,18 +154,7 @@ def test_worker_restart_and_kill_neither_lose_nor_double_count(stack: Stack, mod
     model, path = _model_dir(model_base, tmp_path)
     port = _free_port()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    stack.start(
-        "serve",
-        "--rest_api_port",
-        "0",
-        "--model_name",
-        model,
-        "--model_base_path",
-        str(path),
-        "--port",
-        str(port),
-        log="serve.log",
-    )
+    _serve(stack, model, path, port)
     events = f"SELECT count() FROM inference_events WHERE model = '{model}'"
     requests = f"SELECT sum(requests) FROM inference_metrics_10s WHERE model = '{model}'"
 
@@ -207,18 +190,7 @@ def test_a_non_python_consumer_reads_events_with_kcat_and_protoc(
 ) -> None:
     model, path = _model_dir(model_base, tmp_path)
     port = _free_port()
-    stack.start(
-        "serve",
-        "--rest_api_port",
-        "0",
-        "--model_name",
-        model,
-        "--model_base_path",
-        str(path),
-        "--port",
-        str(port),
-        log="serve.log",
-    )
+    _serve(stack, model, path, port)
     _send(port, model, 3, prefix="kcat")
     # the documented recipe (docs/schemas.md): kcat lists keys and offsets, then prints one raw value for protoc
     kcat = ["kcat", "-b", kafka_bootstrap, "-C", "-t", topics.INFERENCE, "-e", "-q"]
