@@ -136,6 +136,10 @@ def _module_server(tiny_model_base: Path) -> Iterator[RunningServer]:
     finally:
         channel.close()
         server.stop(grace_s=2.0)
+    # grpc's shutdown helper thread may still be on its way out once stop() returned: give exiting threads a
+    # moment; a thread that keeps running is a leak
+    for thread in [t for t in threading.enumerate() if t not in threads_before]:
+        thread.join(timeout=10)
     leftover = [t.name for t in threading.enumerate() if t not in threads_before]
     assert not leftover, f"threads left running after stop: {leftover}"
 
