@@ -18,6 +18,7 @@ from recwatch.settings import Settings
 from store import open_store
 
 MODEL = "ranker"
+SEQ_MODEL = "seq"
 GRPC_PORT = 8500
 
 
@@ -29,25 +30,32 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
     _step("infra up")
     stack.up(settings)
     run_dir = settings.home / "demo"
-    model_base = settings.home / "models"
+    model_base = settings.home / "model_repository"
     started: list[Path] = []
     try:
-        _step("model")
-        if not (model_base / MODEL / "1" / "saved_model.pb").exists():
-            from training.tiny_model import export_tiny_ranker
-
-            print(f"exporting a tiny ranking model to {model_base / MODEL / '1'}")
-            export_tiny_ranker(model_base, model_name=MODEL, version=1)
-        else:
-            print(f"reusing {model_base / MODEL / '1'}")
-
+        _step("models: a DCN-v2 CTR ranker and a SASRec sequence recommender (trained once, then reused)")
+        for kind, name in (("ctr", MODEL), ("sasrec", SEQ_MODEL)):
+            subprocess.run(
+                [sys.executable, "-m", "training", "train", "--model", kind, "--data", "synthetic",
+                 "--base-path", str(model_base), "--model-name", name, "--version", "1", "--reuse"],
+                check=True,
+            )  # fmt: skip
+        config = run_dir / "models.config"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.write_text(
+            "model_config_list {\n"
+            + "".join(
+                f'  config {{ name: "{name}" base_path: "{model_base / name}" model_platform: "tensorflow" }}\n'
+                for name in (MODEL, SEQ_MODEL)
+            )
+            + "}\n"
+        )
         _step("recwatch serve and recwatch worker")
         cli = [sys.executable, "-m", "recwatch.cli"]
         serve_pid = run_dir / "serve.pid"
         worker_pid = run_dir / "worker.pid"
         processes.spawn(
-            [*cli, "serve", "--model_name", MODEL, "--model_base_path", str(model_base / MODEL),
-             "--port", str(GRPC_PORT), "--replica", "demo-0"],
+            [*cli, "serve", "--model_config_file", str(config), "--port", str(GRPC_PORT), "--replica", "demo-0"],
             pid_file=serve_pid, log_file=run_dir / "serve.log",
         )  # fmt: skip
         started.append(serve_pid)
@@ -55,7 +63,10 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
         started.append(worker_pid)
         print(f"logs: {run_dir}/serve.log, {run_dir}/worker.log")
 
-        _step(f"traffic: {requests} Predict calls (32 candidates each) through tensorflow-serving-api")
+        _step(
+            f"traffic: {requests} Predict calls to {MODEL} (1 user x 32 candidates) and {requests // 4} to {SEQ_MODEL} "
+            "(a 20-item history x 32 candidates) through tensorflow-serving-api"
+        )
         run_id = uuid.uuid4().hex[:8]
         sent = _send_traffic(requests, run_id, serve_pid, run_dir / "serve.log")
         print(f"sent {sent} requests with request ids demo-{run_id}-*")
@@ -80,7 +91,7 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
             _sql(
                 "SELECT window_start, model, version, requests, errors, round(latency_mean_us) AS mean_us, "
                 "latency_max_us FROM inference_metrics_10s "
-                "WHERE window_start >= now() - INTERVAL 10 MINUTE ORDER BY window_start"
+                "WHERE window_start >= now() - INTERVAL 10 MINUTE ORDER BY window_start, model"
             )
             _sql(
                 "SELECT model, version, replica, count() AS requests, "
@@ -120,12 +131,18 @@ def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path) -> int:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     rng = np.random.default_rng(7)
     sent = 0
-    for i in range(n):
+    for i in range(n + n // 4):
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = MODEL
-        request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, rng.integers(1, 10_000), dtype=np.int64)))
-        request.inputs["item_id"].CopyFrom(to_tensor_proto(rng.integers(1, 100_000, size=32, dtype=np.int64)))
-        request.inputs["features"].CopyFrom(to_tensor_proto(rng.random((32, 8), dtype=np.float32)))
+        candidates = rng.integers(1, 5_000, size=32, dtype=np.int64)
+        if i % 5 == 4:  # every fifth call: the sequence model ranks candidates after a user's history
+            request.model_spec.name = SEQ_MODEL
+            request.inputs["history"].CopyFrom(to_tensor_proto(rng.integers(1, 5_000, size=(1, 20), dtype=np.int64)))
+            request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates.reshape(1, 32)))
+        else:
+            request.model_spec.name = MODEL
+            request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, rng.integers(1, 10_000), dtype=np.int64)))
+            request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates))
+            request.inputs["category_id"].CopyFrom(to_tensor_proto(candidates % 97))
         stub.Predict(request, timeout=10, metadata=[("x-request-id", f"demo-{run_id}-{i}")])
         sent += 1
     channel.close()
