@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="suite", required=True)
+    bench_serving = bench_sub.add_parser(
+        "serving", add_help=False, help="recwatch vs KServe, MLServer and the raw signature call (--help for options)"
+    )
+    bench_serving.add_argument("args", nargs=argparse.REMAINDER)  # main() hands these to the benchmark
+
     demo = sub.add_parser("demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down")
     demo.add_argument("--requests", type=int, default=200)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
@@ -94,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "serving"]:  # its own options (and --help) belong to the benchmark
+        from benchmarks.serving.run import main as bench_serving
+
+        return bench_serving(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("tensorflow", "absl"):  # SavedModel export and load narrate every step at INFO
