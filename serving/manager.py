@@ -233,8 +233,9 @@ class ModelManager:
         self._snapshot = snapshot
 
 
-def synthesized_warmup(model: LoadedModel, runs: int = 2) -> None:
-    """Call each signature on a one-row input built from its specs, so TensorFlow traces before traffic.
+def synthesized_warmup(model: LoadedModel, runs: int = 2, batch_sizes: tuple[int, ...] = (1, 32)) -> None:
+    """Call each signature on zero inputs built from its specs, with a few batch sizes, so TensorFlow traces
+    and sets up its kernels before traffic (a ranking request typically carries 32 candidates).
 
     A failure here is logged, not raised: synthesized zeros may be outside what a model accepts, and the
     model may still serve real requests.
@@ -242,13 +243,16 @@ def synthesized_warmup(model: LoadedModel, runs: int = 2) -> None:
     import numpy as np
 
     for signature in model.signatures.values():
-        inputs: dict[str, Any] = {}
-        for name, spec in signature.inputs.items():
-            shape = tuple(1 if d is None or d < 0 else d for d in spec.shape) if spec.shape is not None else (1,)
-            dtype = spec.numpy_dtype if spec.numpy_dtype is not None else np.dtype(np.float32)
-            inputs[name] = np.zeros(shape, dtype=dtype) if dtype.kind != "O" else np.full(shape, b"", dtype=object)
-        try:
-            for _ in range(runs):
-                signature(inputs)
-        except Exception as exc:
-            log.warning("warm-up of %s v%d signature %s failed: %s", model.name, model.version, signature.name, exc)
+        for rows in batch_sizes:
+            inputs: dict[str, Any] = {}
+            for name, spec in signature.inputs.items():
+                dims = spec.shape if spec.shape is not None else (None,)
+                shape = tuple((rows if i == 0 else 1) if d is None or d < 0 else d for i, d in enumerate(dims))
+                dtype = spec.numpy_dtype if spec.numpy_dtype is not None else np.dtype(np.float32)
+                inputs[name] = np.zeros(shape, dtype=dtype) if dtype.kind != "O" else np.full(shape, b"", dtype=object)
+            try:
+                for _ in range(runs):
+                    signature(inputs)
+            except Exception as exc:
+                log.warning("warm-up of %s v%d signature %s failed: %s", model.name, model.version, signature.name, exc)
+                break
