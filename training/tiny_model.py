@@ -14,8 +14,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,23 +35,20 @@ def export_tiny_ranker(base_path: Path, *, model_name: str = "ranker", version: 
     """
     if version < 0:
         raise ValueError(f"version must be >= 0, got {version}")
-    model_dir = Path(base_path) / model_name
-    target = model_dir / str(version)
-    if target.exists():
-        raise FileExistsError(f"{target} already exists")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / f".tmp-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-
     import tensorflow as tf
 
+    from training.export import version_dir, write_version
+
+    target = version_dir(base_path, model_name, version)
+    if target.exists():
+        raise FileExistsError(f"{target} already exists")
     module = _build(tf, np.random.default_rng(seed))
-    try:
-        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return write_version(
+        base_path,
+        model_name,
+        version,
+        lambda staging: tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve}),
+    )
 
 
 def _build(tf: Any, rng: np.random.Generator) -> Any:

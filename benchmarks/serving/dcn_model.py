@@ -11,8 +11,6 @@ Weights come from ``numpy``'s generator seeded with ``seed``: the same seed give
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -41,22 +39,20 @@ def parameter_count() -> int:
 def export_dcn_ranker(base_path: Path, *, model_name: str = "dcn", version: int = 1, seed: int = 0) -> Path:
     """Write the model to ``<base_path>/<model_name>/<version>/`` (atomically, via a renamed staging directory)
     and return that directory. An existing version is kept and returned as is, so repeated runs reuse it."""
-    target = Path(base_path) / model_name / str(version)
-    if (target / "saved_model.pb").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".tmp-{version}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    from training.export import version_dir, version_exists, write_version
+
+    if version_exists(base_path, model_name, version):
+        return version_dir(base_path, model_name, version)
 
     import tensorflow as tf
 
     module = _build(tf, np.random.default_rng(seed))
-    try:
-        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return write_version(
+        base_path,
+        model_name,
+        version,
+        lambda staging: tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve}),
+    )
 
 
 def _build(tf: Any, rng: np.random.Generator) -> Any:
