@@ -5,8 +5,9 @@ label; ``signature_name`` defaults to ``serving_default``; ``output_filter`` sel
 written to the typed ``*_val`` fields. Requests that name neither version nor label are routed by
 :class:`serving.manager.ModelManager` (stable / canary split). The request id comes from the
 ``x-request-id`` metadata (generated when absent) and is echoed in the trailing metadata.
-``GetModelMetadata`` returns the SavedModel's SignatureDefs. Classify, Regress and MultiInference answer
-UNIMPLEMENTED (SavedModels of this field export predict signatures).
+``GetModelMetadata`` returns the SavedModel's SignatureDefs. Classify and Regress take tf.Examples for
+signatures exported with the classify / regress method (``serving.examples_api``); MultiInference answers
+UNIMPLEMENTED.
 
 ``ModelService.HandleReloadConfigRequest`` replaces the served models (TF Serving semantics); recwatch reads
 canary weights from the ``x-recwatch-canary-weights`` metadata of that call (``ranker=0.1,seq=0.5``).
@@ -82,10 +83,59 @@ class PredictionServicer:
             _abort(context, exc)
 
     def Classify(self, request: Any, context: Any) -> Any:
-        _unimplemented(context, "Classify")
+        from tensorflow_serving.apis import classification_pb2
+
+        from serving.examples_api import CLASSIFY_METHOD, classification_result
+
+        return self._examples_call(
+            request, context, "classify", CLASSIFY_METHOD, classification_pb2.ClassificationResponse(),
+            classification_result,
+        )  # fmt: skip
 
     def Regress(self, request: Any, context: Any) -> Any:
-        _unimplemented(context, "Regress")
+        from tensorflow_serving.apis import regression_pb2
+
+        from serving.examples_api import REGRESS_METHOD, regression_result
+
+        return self._examples_call(
+            request, context, "regress", REGRESS_METHOD, regression_pb2.RegressionResponse(), regression_result
+        )
+
+    def _examples_call(self, request: Any, context: Any, api: str, method: str, response: Any, fill: Any) -> Any:
+        from serving.examples_api import examples_decoder, serialized_examples
+
+        request_id = _request_id(context)
+        spec = request.model_spec
+        try:
+            examples = serialized_examples(request.input)
+        except Exception as exc:
+            _abort(context, exc)
+        outcome = self._predictor.run(
+            PredictCall(
+                model=spec.name,
+                version=spec.version.value if spec.HasField("version") else None,
+                label=spec.version_label,
+                signature_name=spec.signature_name,
+                output_filter=(),
+                request_id=request_id,
+                api=api,
+                decode=examples_decoder(method, examples),
+                input_summaries=lambda: [TensorSummary(name="inputs", dtype="string", shape=[len(examples)])],
+                declared_rows=lambda: len(examples),
+            )
+        )
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), (REPLICA_KEY, self._replica)))
+        if outcome.status is not None:
+            context.abort(outcome.status.grpc, outcome.error)
+        assert outcome.resolved is not None and outcome.signature is not None
+        try:
+            fill(outcome.outputs, len(examples), response.result)
+        except Exception as exc:
+            _abort(context, exc)
+        response.model_spec.name = outcome.resolved.model.name
+        response.model_spec.version.value = outcome.resolved.model.version
+        response.model_spec.signature_name = outcome.signature.name
+        return response
 
     def MultiInference(self, request: Any, context: Any) -> Any:
         _unimplemented(context, "MultiInference")

@@ -59,6 +59,7 @@ class Signature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     _fn: Any = field(repr=False)
+    method_name: str = "tensorflow/serving/predict"  # the SignatureDef's method (classify, regress, predict)
 
     @property
     def output_names(self) -> list[str]:
@@ -143,6 +144,7 @@ def load_version(path: Path, *, model_name: str | None = None) -> LoadedModel:
             inputs={k: TensorSpec.from_proto(v.dtype, v.tensor_shape) for k, v in sorted(sig_def.inputs.items())},
             outputs={k: TensorSpec.from_proto(v.dtype, v.tensor_shape) for k, v in sorted(sig_def.outputs.items())},
             _fn=fn,
+            method_name=sig_def.method_name or "tensorflow/serving/predict",
         )
     return LoadedModel(
         name=name,
