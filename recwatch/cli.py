@@ -200,6 +200,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from serving.publisher import NullPublisher
     from serving.server import ModelServer, ServeOptions
 
+    # validate before anything starts: a bad flag must not leave a started producer behind
+    if args.model_config_file is None and not (args.model_name and args.model_base_path):
+        raise ConfigError("serve needs --model_config_file, or --model_name with --model_base_path")
+    batching = _batching_parameters(args)
     replica = args.replica or settings.replica or f"{socket.gethostname()}-{args.port}"
     publisher: Any
     if args.no_events:
@@ -210,9 +214,6 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # one spool per replica (it is locked); kept across restarts so the next run replays what is left
         publisher = EventLogger(EventLoggerConfig(bootstrap=bootstrap, spool_dir=settings.home / "spool" / replica))
         publisher.start()
-    if args.model_config_file is None and not (args.model_name and args.model_base_path):
-        raise ConfigError("serve needs --model_config_file, or --model_name with --model_base_path")
-    batching = _batching_parameters(args)
     options = ServeOptions(
         model_name=args.model_name,
         model_base_path=args.model_base_path,

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from schemas import TensorSummary
 from serving.config import models_from_proto, parse_canary_weights
 from serving.errors import InvalidRequestError, ServingError, status_of
-from serving.predict import PredictCall, Predictor
+from serving.predict import PredictCall, Predictor, PredictOutcome
 from serving.tensors import decode_inputs, dtype_name, to_tensor_proto
 
 log = logging.getLogger(__name__)
@@ -62,14 +62,8 @@ class PredictionServicer:
                 declared_rows=lambda: _declared_rows(protos),
             )
         )
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), (REPLICA_KEY, self._replica)))
-        if outcome.status is not None:
-            context.abort(outcome.status.grpc, outcome.error)
-        assert outcome.resolved is not None and outcome.signature is not None
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = outcome.resolved.model.name
-        response.model_spec.version.value = outcome.resolved.model.version
-        response.model_spec.signature_name = outcome.signature.name
+        self._answer(context, request_id, outcome, response)
         for name, array in outcome.outputs.items():
             to_tensor_proto(array, response.outputs[name])
         return response
@@ -124,18 +118,22 @@ class PredictionServicer:
                 declared_rows=lambda: len(examples),
             )
         )
-        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), (REPLICA_KEY, self._replica)))
-        if outcome.status is not None:
-            context.abort(outcome.status.grpc, outcome.error)
-        assert outcome.resolved is not None and outcome.signature is not None
+        self._answer(context, request_id, outcome, response)
         try:
             fill(outcome.outputs, len(examples), response.result)
         except Exception as exc:
             _abort(context, exc)
+        return response
+
+    def _answer(self, context: Any, request_id: str, outcome: PredictOutcome, response: Any) -> None:
+        """Trailing metadata for every call; abort with the outcome's status, else name the servable used."""
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), (REPLICA_KEY, self._replica)))
+        if outcome.status is not None:
+            context.abort(outcome.status.grpc, outcome.error)
+        assert outcome.resolved is not None and outcome.signature is not None
         response.model_spec.name = outcome.resolved.model.name
         response.model_spec.version.value = outcome.resolved.model.version
         response.model_spec.signature_name = outcome.signature.name
-        return response
 
     def MultiInference(self, request: Any, context: Any) -> Any:
         _unimplemented(context, "MultiInference")
