@@ -4,7 +4,9 @@ Each ``(model, version, signature)`` gets a queue and ``num_batch_threads`` thre
 request. A request joins the open batch of its queue whose inputs it can be concatenated with (same input
 names, dtypes and non-batch dimensions) if its rows still fit in ``max_batch_size``; otherwise it opens a new
 batch. A batch runs when it is full, when the next mergeable request does not fit in it, or once
-``batch_timeout_micros`` have passed since its first request and a thread is free. Then the signature is
+``batch_timeout_micros`` have passed since its first request and a thread is free — or at once when every
+request in flight in the server is already waiting in the queue (``in_flight``: nobody else can join, so
+waiting would only add latency; a lone request at concurrency 1 never waits). Then the signature is
 called once on the inputs concatenated along dimension 0 (padded with copies of the first row up to the next
 ``allowed_batch_sizes`` entry, if any) and its outputs are split back by rows.
 
@@ -46,6 +48,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -273,9 +276,18 @@ def _shape_key(inputs: Arrays, max_rows: int) -> tuple[int, _ShapeKey | None]:
 class BatchingExecutor:
     """An :class:`~serving.predict.Executor` that batches concurrent requests (see the module docstring)."""
 
-    def __init__(self, params: BatchingParameters, *, clock: BatchClock | None = None) -> None:
+    def __init__(
+        self,
+        params: BatchingParameters,
+        *,
+        clock: BatchClock | None = None,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
+        """``in_flight`` counts the server's requests in progress (``serving.predict.InFlight``); without it a
+        batch waits for its timeout even when no other request could join it (TF Serving's behaviour)."""
         self.params = params
         self._clock: BatchClock = clock or SystemBatchClock()
+        self._in_flight = in_flight
         self._lock = threading.Lock()
         self._queues: dict[tuple[str, int, str], _Queue] = {}
         self._draining: list[threading.Thread] = []  # threads of retired queues; joined by close()
@@ -336,7 +348,7 @@ class BatchingExecutor:
             if queue is not None:  # the version was reloaded without forget(): the old object's queue goes
                 self._retire(queue)
             name = f"{self.params.thread_pool_name}-{model.name}-{model.version}-{signature.name}"
-            queue = self._queues[key] = _Queue(model, signature, self.params, self._clock, name)
+            queue = self._queues[key] = _Queue(model, signature, self.params, self._clock, name, self._in_flight)
             queue.start()
             return queue
 
@@ -361,9 +373,16 @@ class _Queue:
     """The batches of one (model, version, signature) and the threads that run them."""
 
     def __init__(
-        self, model: LoadedModel, signature: Signature, params: BatchingParameters, clock: BatchClock, name: str
+        self,
+        model: LoadedModel,
+        signature: Signature,
+        params: BatchingParameters,
+        clock: BatchClock,
+        name: str,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
+        self._in_flight = in_flight
         self._signature = signature
         self._params = params
         self._clock = clock
@@ -405,6 +424,8 @@ class _Queue:
                         if batch.rows == limit:
                             batch.full = True
                             self._cond.notify()
+                        elif self._nobody_else():
+                            self._cond.notify()
                         return True
                     batch.full = True  # as TF Serving: a batch the next request does not fit in is closed
                     self._cond.notify()
@@ -431,11 +452,17 @@ class _Queue:
             self._run(batch)
 
     def _take(self) -> _Batch | None:  # holding self._cond
+        if self._batches and self._nobody_else():
+            return self._batches.pop(0)
         now = self._clock.now_ns()
         for i, batch in enumerate(self._batches):
             if batch.full or batch.deadline_ns <= now or self._retired:
                 return self._batches.pop(i)
         return None
+
+    def _nobody_else(self) -> bool:  # holding self._cond
+        """Every request in flight in the server already waits here: no timeout can add a partner."""
+        return self._in_flight is not None and sum(len(b.tasks) for b in self._batches) >= self._in_flight()
 
     def _run(self, batch: _Batch) -> None:
         clock = self._clock

@@ -8,6 +8,7 @@ to encode. Errors are mapped to status codes only through :func:`serving.errors.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -91,6 +92,28 @@ class SystemClock:
         return time.time_ns() // 1000
 
 
+class InFlight:
+    """Requests inside :meth:`Predictor.run` right now; the batcher reads it (``BatchingExecutor(in_flight=)``)
+    to run a batch at once when no other request could join it."""
+
+    __slots__ = ("_lock", "_n")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def __call__(self) -> int:
+        return self._n
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._n += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._n -= 1
+
+
 @dataclass(frozen=True)
 class PredictCall:
     """A front end's request, already parsed out of its wire format (inputs are decoded lazily)."""
@@ -128,8 +151,10 @@ class Predictor:
         executor: Executor | None = None,
         cache: ResultCache | None = None,
         observers: Sequence[RequestObserver] = (),
+        in_flight: InFlight | None = None,
     ) -> None:
         self.manager = manager
+        self.in_flight = in_flight or InFlight()
         self.replica = replica
         self._publisher = publisher
         self._clock: Clock = clock or SystemClock()
@@ -138,6 +163,10 @@ class Predictor:
         self._observers = tuple(observers)
 
     def run(self, call: PredictCall) -> PredictOutcome:
+        with self.in_flight:
+            return self._run(call)
+
+    def _run(self, call: PredictCall) -> PredictOutcome:
         received_us = self._clock.now_us()
         start_ns = time.perf_counter_ns()
         event = InferenceEvent(

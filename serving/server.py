@@ -154,11 +154,12 @@ class ModelServer:
         from serving.cache import LruResultCache
         from serving.grpc_server import ModelServiceServicer, PredictionServicer
         from serving.metrics import ServingMetrics
-        from serving.predict import Predictor
+        from serving.predict import InFlight, Predictor
         from serving.rest import RestServer
 
         opts = self._options
-        batcher = BatchingExecutor(opts.batching) if opts.batching is not None else None
+        in_flight = InFlight()
+        batcher = BatchingExecutor(opts.batching, in_flight=in_flight) if opts.batching is not None else None
         cache = (
             LruResultCache(opts.result_cache_bytes, opts.result_cache_ttl_s, models=opts.result_cache_models)
             if opts.result_cache_models
@@ -208,6 +209,7 @@ class ModelServer:
             executor=self._executor_override or batcher,
             cache=cache,
             observers=[metrics],
+            in_flight=in_flight,
         )
         if opts.rest_api_port is not None:
             rest = RestServer(predictor, host=opts.host, port=opts.rest_api_port, metrics=metrics)

@@ -29,7 +29,7 @@ GENERATOR_CPUS = "1"
 READY_DEADLINE_S = 240.0  # several servers import TensorFlow at once on one core
 BATCHING_PARAMETERS = """\
 max_batch_size { value: 1024 }
-batch_timeout_micros { value: 0 }
+batch_timeout_micros { value: 1000 }
 max_enqueued_batches { value: 64 }
 num_batch_threads { value: 1 }
 """

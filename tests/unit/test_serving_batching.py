@@ -19,7 +19,7 @@ from serving.batching import BatchingExecutor, BatchingParameters, ManualBatchCl
 from serving.config import ConfigFileError
 from serving.errors import ModelExecutionError, OverloadedError, status_of
 from serving.model_repository import LoadedModel, Signature
-from serving.predict import Execution
+from serving.predict import Execution, InFlight
 
 WAIT_S = 10.0  # upper bound for a result that is due now; never reached unless the code under test hangs
 
@@ -185,6 +185,28 @@ def test_a_batch_runs_when_its_timeout_passes_since_its_first_request(make: Make
     assert fake.batch_rows == [3] and executor.queued_requests() == 0
     assert (a.queue_us, b.queue_us) == (1000, 1)
     assert a.batch_size == b.batch_size == 3
+
+
+def test_a_batch_runs_at_once_when_every_request_in_flight_is_in_it(make: Make) -> None:
+    executor, clock = make(max_batch_size=32, batch_timeout_micros=1000)
+    in_flight = InFlight()
+    executor = BatchingExecutor(executor.params, clock=clock, in_flight=in_flight)
+    fake = RecordingSignature()
+    try:
+        with in_flight:  # a lone request: nobody can join its batch, so it does not wait for the timeout
+            alone = executor.submit(model(), sig(fake), request(1, seed=1)).result(WAIT_S)
+        assert alone.queue_us == 0 and fake.batch_rows == [1]
+
+        with in_flight, in_flight, in_flight:  # three in flight, two submitted: the batch waits for the third
+            first = executor.submit(model(), sig(fake), request(1, seed=2))
+            second = executor.submit(model(), sig(fake), request(2, seed=3))
+            assert not first.done() and executor.queued_requests() == 2
+            third = executor.submit(model(), sig(fake), request(3, seed=4))  # now all three wait: it runs
+            results = [f.result(WAIT_S) for f in (first, second, third)]
+        assert fake.batch_rows == [1, 6] and {r.batch_size for r in results} == {6}
+        assert all(r.queue_us == 0 for r in results)  # the clock never moved: no timeout was needed
+    finally:
+        executor.close()
 
 
 def test_a_batch_runs_when_full_or_when_the_next_request_does_not_fit(make: Make) -> None:
