@@ -66,6 +66,35 @@ def summarize(entries: Sequence[tuple[float, str, str]], top: int = 15) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summarize_stacks(collapsed: str, cpu_ms: float, top: int = 25) -> str:
+    """py-spy's raw output (``frame;frame;... count`` per line, idle threads excluded) -> the Python functions
+    with the most samples, self and inclusive, in ms of the server's CPU per request."""
+    self_count: dict[str, int] = {}
+    incl_count: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        count = int(n)
+        total += count
+        frames = [re.sub(r" \(([^)]*/)?([^/)]+)\)$", r" (\2)", f) for f in stack.split(";")]
+        self_count[frames[-1]] = self_count.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl_count[frame] = incl_count.get(frame, 0) + count
+    if not total:
+        return "no samples\n"
+    per = cpu_ms / total
+    lines = [f"{total} samples of busy Python threads; ms per request (of {cpu_ms:.2f} ms CPU) by function:"]
+    lines.append("self:")
+    for frame, c in sorted(self_count.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {c * per:6.3f}  {100 * c / total:5.1f}%  {frame}")
+    lines.append("inclusive:")
+    for frame, c in sorted(incl_count.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"  {c * per:6.3f}  {100 * c / total:5.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.serving.fleet import Fleet
     from benchmarks.serving.run import _export_model
@@ -79,10 +108,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", choices=("dcn", "tiny"), default="dcn")
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--nice", type=int, default=0, help="niceness of the server and the generator")
+    parser.add_argument(
+        "--sampler",
+        choices=("perf", "py-spy"),
+        default="perf",
+        help="perf: CPU by shared object (native code included); py-spy: Python functions, self and inclusive",
+    )
     args = parser.parse_args(argv)
     perf = shutil.which("perf")
-    if perf is None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if args.sampler == "perf" and perf is None:
         print("profile: needs perf (apt-get install linux-perf)", file=sys.stderr)
+        return 2
+    if args.sampler == "py-spy" and not Path(spy).exists():
+        print("profile: needs py-spy (pip install py-spy)", file=sys.stderr)
         return 2
     cache = Path(os.environ.get("RECWATCH_CACHE") or Path.home() / ".cache" / "recwatch").absolute()
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="recwatch-profile-"))).absolute()
@@ -110,31 +149,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         driver.start()
         time.sleep(2.0)
         cpu0 = server.cpu_seconds()
-        data = workdir / f"{args.target}.perf.data"
-        subprocess.run(
-            [
-                *("taskset", "-c", "1", perf, "record", "-e", "cpu-clock", "-F", "499", "-p", str(server.pid)),
+        if args.sampler == "perf":
+            data = workdir / f"{args.target}.perf.data"
+            sampler = [
+                *("taskset", "-c", "1", str(perf), "record", "-e", "cpu-clock", "-F", "499", "-p", str(server.pid)),
                 *("-o", str(data), "--", "sleep", str(args.seconds)),
-            ],
-            capture_output=True,
-            check=False,
-        )
+            ]
+        else:
+            data = workdir / f"{args.target}.py-spy.txt"
+            sampler = [
+                *("taskset", "-c", "1", spy, "record", "--pid", str(server.pid), "--duration", str(int(args.seconds))),
+                *("--rate", "250", "--format", "raw", "--nonblocking", "--output", str(data)),
+            ]
+        subprocess.run(sampler, capture_output=True, check=False)
         cpu = server.cpu_seconds() - cpu0
         driver.join()
         m = result["measurement"]
         req_s = m["completed"] / m["window_s"]
-        report = subprocess.run(
-            [perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym", "-g", "none"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
+        cpu_ms = 1000 * cpu / (req_s * args.seconds)
         print(
             f"{args.target} (pid {server.pid}), {args.rows} rows x {args.concurrency} in flight: {req_s:,.0f} req/s, "
-            f"{1000 * cpu / (req_s * args.seconds):.2f} ms CPU per request (while sampled)"
+            f"{cpu_ms:.2f} ms CPU per request (while sampled)"
         )
-        print(summarize(parse_perf_report(report)), end="")
-        print(f"perf data: {data}")
+        if args.sampler == "perf":
+            report = subprocess.run(
+                [str(perf), "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,sym", "-g", "none"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            print(summarize(parse_perf_report(report)), end="")
+        else:
+            print(summarize_stacks(data.read_text() if data.exists() else "", cpu_ms), end="")
+        print(f"{args.sampler} data: {data}")
     finally:
         fleet.stop()
     return 0
