@@ -196,6 +196,7 @@ def verdicts(rows: Sequence[Row]) -> list[Verdict]:
                 name, not failures, f"{len(pairs) - len(failures)}/{len(pairs)} cells, lowest {worst:.2f}x", failures
             )
         )
+    out.append(_under_load(by_key, rows))
     costs = logging_costs(rows)
     overall = overall_logging_cost(costs)
     name = f"logging costs <= {MAX_LOGGING_COST:.0%} throughput"
@@ -205,6 +206,36 @@ def verdicts(rows: Sequence[Row]) -> list[Verdict]:
         cells = ", ".join(f"{r}x{c}: {v:+.1%}" for (r, c), v in sorted(costs.items()))
         out.append(Verdict(name, overall <= MAX_LOGGING_COST, f"{overall:+.1%} overall ({cells})"))
     return out
+
+
+UNDER_LOAD_MIN_CONCURRENCY = 8
+SERVING_CONFIGS = ("recwatch", "recwatch-batching")  # events on; the cache row measures its hit path only
+
+
+def _under_load(by_key: dict[tuple[str, int, int], Row], rows: Sequence[Row]) -> Verdict:
+    """The headline: with >= 8 requests in flight, recwatch as deployed for throughput (events on, the better
+    of batching on or off per cell) serves >= 2x KServe's req/s at <= its p99. With one request in flight
+    throughput is 1 / latency, bounded by the same Python gRPC stack every peer uses: see the per-target lines."""
+    name = (
+        f"under load (>= {UNDER_LOAD_MIN_CONCURRENCY} in flight) recwatch >= {MIN_SPEEDUP:g}x {BASELINE} at <= its p99"
+    )
+    cells = sorted({(r.rows, r.concurrency) for r in rows if r.concurrency >= UNDER_LOAD_MIN_CONCURRENCY})
+    results = []
+    for cell in cells:
+        base = by_key.get((BASELINE, *cell))
+        ours = [by_key[(t, *cell)] for t in SERVING_CONFIGS if (t, *cell) in by_key]
+        if base is None or not ours or base.req_s <= 0:
+            continue
+        best = max(ours, key=lambda r: r.req_s)
+        ok = best.req_s >= MIN_SPEEDUP * base.req_s and best.p99_ms <= base.p99_ms
+        results.append(
+            (ok, f"{cell[0]}x{cell[1]}: {best.target} {best.req_s / base.req_s:.2f}x, p99 {best.p99_ms:.1f} vs "
+             f"{base.p99_ms:.1f} ms")
+        )  # fmt: skip
+    if not results:
+        return Verdict(name, None, "not measured")
+    passed = sum(ok for ok, _ in results)
+    return Verdict(name, passed == len(results), f"{passed}/{len(results)} cells", tuple(d for _, d in results))
 
 
 HEADER = (

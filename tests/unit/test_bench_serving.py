@@ -115,6 +115,29 @@ def test_speedup_verdict_needs_twice_the_throughput_and_no_worse_p99_in_every_ce
     assert by["recwatch-batching"].passed is None  # not measured is not a pass
 
 
+def test_under_load_verdict_takes_the_better_serving_config_per_cell_and_ignores_one_in_flight() -> None:
+    rows = [
+        _row("kserve", 700, 14.0),
+        _row("recwatch", 900, 15.0),
+        _row("recwatch-batching", 1500, 9.0),  # 2.14x at a lower p99: this cell passes
+        _row("kserve", 750, 45.0, conc=32),
+        _row("recwatch-batching", 1400, 20.0, conc=32),  # 1.87x: fails
+        _row("recwatch-cache", 9000, 1.0, conc=32),  # the hit path does not count
+        _row("kserve", 700, 1.5, conc=1),
+        _row("recwatch", 720, 1.6, conc=1),  # one in flight: not part of this verdict
+    ]
+    [under] = [v for v in stats.verdicts(rows) if v.name.startswith("under load")]
+    assert under.passed is False
+    assert under.failures == (
+        "32x8: recwatch-batching 2.14x, p99 9.0 vs 14.0 ms",
+        "32x32: recwatch-batching 1.87x, p99 20.0 vs 45.0 ms",
+    )
+    assert under.detail == "1/2 cells"
+    rows[4] = _row("recwatch-batching", 1600, 20.0, conc=32)
+    [under] = [v for v in stats.verdicts(rows) if v.name.startswith("under load")]
+    assert under.passed is True
+
+
 def test_logging_cost_is_the_geometric_mean_of_per_cell_losses() -> None:
     rows = [
         _row("recwatch", 970, 5.0),
