@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
         "serving", add_help=False, help="recwatch vs KServe, MLServer and the raw signature call (--help for options)"
     )
     bench_serving.add_argument("args", nargs=argparse.REMAINDER)  # main() hands these to the benchmark
+    bench_pipeline = bench_sub.add_parser(
+        "pipeline", add_help=False, help="worker events/s and lag vs raw confluent-kafka and Quix Streams"
+    )
+    bench_pipeline.add_argument("args", nargs=argparse.REMAINDER)
 
     demo = sub.add_parser("demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down")
     demo.add_argument("--requests", type=int, default=200)
@@ -106,6 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.serving.run import main as bench_serving
 
         return bench_serving(argv[2:])
+    if argv[:2] == ["bench", "pipeline"]:
+        from benchmarks.pipeline.run import main as bench_pipeline
+
+        return bench_pipeline(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("tensorflow", "absl"):  # SavedModel export and load narrate every step at INFO
