@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run the stream worker: events -> raw rows and 10 s aggregates")
     worker.add_argument("--window-seconds", type=int, default=10)
+    worker.add_argument(
+        "--allowed-lateness",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="events older than a partition's latest event time minus this count as late (default 30)",
+    )
     worker.add_argument("--group", default="recwatch-worker", help="Kafka consumer group (Faust app id)")
 
     sql = sub.add_parser("sql", help="run SQL against the store (works while workers run)")
@@ -272,6 +279,7 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
         data_dir=settings.home / "worker" / args.group,
         app_id=args.group,
         window_s=args.window_seconds,
+        allowed_lateness_s=args.allowed_lateness,
     )
     try:
         run_worker(worker_settings, store)

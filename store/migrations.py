@@ -107,7 +107,103 @@ FROM (
     return [events, parts, view]
 
 
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "inference events and 10 s metrics", _inference_tables),)
+_WINDOW_COLUMNS_V2 = (
+    ("error_codes", "Array(Int32)"),  # gRPC status codes of the errors, ascending; counts in error_counts
+    ("error_counts", "Array(UInt64)"),
+    ("latency_keys", "Array(UInt16)"),  # total_us sketch: bucket keys (stream_processors/sketch.py)
+    ("latency_counts", "Array(UInt64)"),
+    ("queue_sum_us", "UInt64"),
+    ("compute_sum_us", "UInt64"),
+    ("batch_size_sum", "UInt64"),
+    ("rows_sum", "UInt64"),
+    ("cache_hits", "UInt64"),
+    ("score_count", "UInt64"),  # scores (first output's head values) folded into the score statistics
+    ("score_sum", "Float64"),
+    ("score_sumsq", "Float64"),
+    ("score_hist", "Array(UInt64)"),  # 10 equal bins over [0, 1], out-of-range scores clamped to the ends
+    ("late_events", "UInt64"),  # events of this window that arrived after the watermark closed it
+    ("max_event_us", "Int64"),  # the partition's latest event time when the row was written (watermark)
+)
+
+_QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99)
+
+
+def _metrics_view(name: str, bucket: str, keys: tuple[str, ...]) -> list[str]:
+    """A view over the partial rows: sums per ``keys`` with ``window_start`` = ``bucket``, latency percentiles
+    merged from the sketches (stream_processors/sketch.py: the SQL representative value of a bucket key)."""
+    from stream_processors.sketch import sql_quantiles
+
+    group = ", ".join(("w", *keys))
+    levels = ", ".join(f"q[{i + 1}] AS latency_p{round(level * 100)}_us" for i, level in enumerate(_QUANTILE_LEVELS))
+    return [
+        f"DROP TABLE IF EXISTS {name}",
+        f"""
+CREATE VIEW {name} AS
+SELECT
+    w AS window_start, {", ".join(keys)}, requests, errors, errors_by_status,
+    if(requests = 0, 0, requests / {bucket_seconds(bucket)}) AS throughput_rps,
+    if(requests = 0, 0, latency_sum_us / requests) AS latency_mean_us,
+    {levels},
+    latency_max_us,
+    if(requests = 0, 0, queue_sum_us / requests) AS queue_mean_us,
+    if(requests = 0, 0, compute_sum_us / requests) AS compute_mean_us,
+    if(requests = 0, 0, batch_size_sum / requests) AS batch_size_mean,
+    if(requests = 0, 0, cache_hits / requests) AS cache_hit_rate,
+    if(score_count = 0, 0, score_sum / score_count) AS score_mean,
+    if(score_count = 0, 0, sqrt(greatest(score_sumsq / score_count - pow(score_sum / score_count, 2), 0))) AS score_std,
+    score_hist,
+    late_events
+FROM (
+    SELECT
+        {bucket} AS w, {", ".join(keys)},
+        sum(requests) AS requests,
+        sum(errors) AS errors,
+        sumMap(error_codes, error_counts) AS errors_by_status,
+        sum(latency_sum_us) AS latency_sum_us,
+        max(latency_max_us) AS latency_max_us,
+        sum(queue_sum_us) AS queue_sum_us,
+        sum(compute_sum_us) AS compute_sum_us,
+        sum(batch_size_sum) AS batch_size_sum,
+        sum(cache_hits) AS cache_hits,
+        sum(score_count) AS score_count,
+        sum(score_sum) AS score_sum,
+        sum(score_sumsq) AS score_sumsq,
+        sumForEach(score_hist) AS score_hist,
+        sum(late_events) AS late_events
+    FROM inference_metrics_10s_parts FINAL
+    GROUP BY {group}
+) AS sums
+ANY LEFT JOIN (
+    SELECT
+        {bucket} AS w, {", ".join(keys)},
+        {sql_quantiles(_QUANTILE_LEVELS, "_k", "_c")} AS q
+    FROM inference_metrics_10s_parts FINAL
+    ARRAY JOIN latency_keys AS _k, latency_counts AS _c
+    GROUP BY {group}
+) AS percentiles USING ({group})
+""",
+    ]
+
+
+def bucket_seconds(bucket: str) -> int:
+    return 60 if "Minute" in bucket else 10
+
+
+def _window_aggregates(f: Features) -> list[str]:
+    adds = [f"ALTER TABLE inference_metrics_10s_parts ADD COLUMN {n} {t}" for n, t in _WINDOW_COLUMNS_V2]
+    per_replica = ("model", "version", "label", "replica")
+    return [
+        *adds,
+        *_metrics_view("inference_metrics_10s", "window_start", per_replica),
+        *_metrics_view("inference_metrics_1m", "toStartOfMinute(window_start)", per_replica),
+        *_metrics_view("inference_metrics_1m_by_version", "toStartOfMinute(window_start)", per_replica[:3]),
+    ]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "inference events and 10 s metrics", _inference_tables),
+    Migration(2, "latency sketches, errors by status, scores, late events; 1 min views", _window_aggregates),
+)
 
 
 def migrate(store: Store, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[int]:

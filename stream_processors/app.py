@@ -31,6 +31,7 @@ class WorkerSettings:
     source_topic: str = topics.INFERENCE
     dead_letter_topic: str = topics.DEAD_LETTER
     window_s: int = 10
+    allowed_lateness_s: int = 30
     batch_max: int = 10_000
     batch_within_s: float = 0.5
 
@@ -52,7 +53,12 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
     )
     source = app.topic(settings.source_topic, value_serializer="raw", key_serializer="raw")
     dead_letters = app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
-    sink = InferenceSink(store, topic=settings.source_topic, window_s=settings.window_s)
+    sink = InferenceSink(
+        store,
+        topic=settings.source_topic,
+        window_s=settings.window_s,
+        allowed_lateness_s=settings.allowed_lateness_s,
+    )
     # One thread owns the sink: its caches are touched by batches and by rebalances, never concurrently.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recwatch-sink")
     totals = {"events": 0, "duplicates": 0, "rejected": 0}

@@ -23,17 +23,76 @@ from dataclasses import dataclass, field, replace
 from schemas import InferenceEvent
 from store.base import Store
 from stream_processors.decode import Rejected, decode_inference
+from stream_processors.sketch import LatencySketch
+from stream_processors.windows import Watermark, WindowSpec
 
 WindowKey = tuple[int, str, int, str, str, int]  # window_start (s), model, version, label, replica, partition
+
+SCORE_BINS = 10  # score histogram: equal bins over [0, 1]; scores outside are clamped into the end bins
 
 
 @dataclass
 class WindowState:
+    """One cumulative partial aggregate: a window of one (model, version, label, replica) in one partition."""
+
     requests: int = 0
     errors: int = 0
     latency_sum_us: int = 0
     latency_max_us: int = 0
     last_offset: int = -1
+    errors_by_code: dict[int, int] = field(default_factory=dict)
+    latency: LatencySketch = field(default_factory=LatencySketch)
+    queue_sum_us: int = 0
+    compute_sum_us: int = 0
+    batch_size_sum: int = 0
+    rows_sum: int = 0
+    cache_hits: int = 0
+    score_count: int = 0
+    score_sum: float = 0.0
+    score_sumsq: float = 0.0
+    score_hist: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
+    late_events: int = 0
+
+    def copy(self) -> WindowState:
+        return replace(
+            self,
+            errors_by_code=dict(self.errors_by_code),
+            latency=self.latency.copy(),
+            score_hist=list(self.score_hist),
+        )
+
+    def add(self, ev: InferenceEvent) -> None:
+        """Fold one on-time event in (the caller sets ``last_offset``)."""
+        self.requests += 1
+        code = ev.status_code
+        if code:
+            self.errors += 1
+            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
+        lat = ev.latency
+        total = lat.total_us
+        self.latency_sum_us += total
+        if total > self.latency_max_us:
+            self.latency_max_us = total
+        self.latency.add(total)
+        self.queue_sum_us += lat.queue_us
+        self.compute_sum_us += lat.compute_us
+        self.batch_size_sum += ev.batch_size
+        self.rows_sum += ev.rows
+        self.cache_hits += ev.cache_hit
+        if ev.outputs:
+            head = ev.outputs[0].head
+            if head:
+                hist = self.score_hist
+                top = SCORE_BINS - 1
+                s = sq = 0.0
+                for x in head:
+                    s += x
+                    sq += x * x
+                    b = int(x * SCORE_BINS)
+                    hist[top if b > top else 0 if b < 0 else b] += 1
+                self.score_count += len(head)
+                self.score_sum += s
+                self.score_sumsq += sq
 
 
 @dataclass(frozen=True)
@@ -54,19 +113,33 @@ class BatchResult:
 
 
 class InferenceSink:
-    def __init__(self, store: Store, *, topic: str, window_s: int = 10, state_horizon_s: int = 3600) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        topic: str,
+        window_s: int = 10,
+        allowed_lateness_s: int = 30,
+        state_horizon_s: int = 3600,
+    ) -> None:
         self.store = store
         self.topic = topic
         self.window_s = window_s
         self.state_horizon_s = state_horizon_s
         self._high_water: dict[int, int] = {}  # partition -> highest offset stored in inference_events
         self._windows: dict[WindowKey, WindowState] = {}
+        self._watermark = Watermark(WindowSpec(window_s, allowed_lateness_s=allowed_lateness_s))
+        self._progress: dict[int, int] = {}  # partition -> highest offset folded into window rows
+        self._max_event_us: dict[int, int] = {}  # partition -> latest event time folded in (restores the watermark)
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop cached state of partitions this worker lost (or just got): another worker may have written."""
         lost = set(partitions)
         for p in lost:
             self._high_water.pop(p, None)
+            self._progress.pop(p, None)
+            self._max_event_us.pop(p, None)
+            self._watermark.forget(p)
         for key in [k for k in self._windows if k[5] in lost]:
             del self._windows[key]
 
@@ -113,31 +186,69 @@ class InferenceSink:
         return high
 
     def _aggregate(self, fresh: list[tuple[Message, InferenceEvent]]) -> int:
+        """Fold events into their windows; an event whose window the partition's watermark already closed
+        counts as late in that window's row instead. Only offsets past the partition's progress count."""
         if not fresh:
             return 0
-        keyed: list[tuple[WindowKey, Message, InferenceEvent]] = []
+        self._restore_progress({msg.partition for msg, _ in fresh})
+        progress, watermark, window_s = self._progress, self._watermark, self.window_s
+        keyed: list[tuple[WindowKey, Message, InferenceEvent, bool]] = []
         for msg, ev in fresh:
-            start = ev.received_us // 1_000_000 // self.window_s * self.window_s
-            keyed.append(((start, ev.model, ev.version, ev.label, ev.replica, msg.partition), msg, ev))
-        self._load_windows({k for k, _, _ in keyed})
+            p = msg.partition
+            if msg.offset <= progress[p]:
+                continue  # folded in before a restart or a rebalance
+            t = ev.received_us
+            late = watermark.observe(p, t).is_late
+            if t > self._max_event_us.get(p, -1):
+                self._max_event_us[p] = t
+            start = t // 1_000_000 // window_s * window_s
+            keyed.append(((start, ev.model, ev.version, ev.label, ev.replica, p), msg, ev, late))
+        if not keyed:
+            return 0
+        self._load_windows({k for k, _, _, _ in keyed})
         updated: dict[WindowKey, WindowState] = {}
-        for key, msg, ev in keyed:
-            state = updated.get(key) or self._windows[key]
-            if msg.offset <= state.last_offset:
-                continue  # already counted before a restart
-            if key not in updated:
-                state = updated[key] = replace(state)  # the cache changes only once the insert succeeded
-            state.requests += 1
-            state.errors += ev.status_code != 0
-            total = ev.latency.total_us
-            state.latency_sum_us += total
-            state.latency_max_us = max(state.latency_max_us, total)
+        for key, msg, ev, late in keyed:
+            state = updated.get(key)
+            if state is None:
+                state = self._windows[key]
+                if msg.offset <= state.last_offset:
+                    continue  # already counted (a crash between this row's insert and the progress one)
+                state = updated[key] = state.copy()  # the cache changes only once the insert succeeded
+            elif msg.offset <= state.last_offset:
+                continue
+            if late:
+                state.late_events += 1
+            else:
+                state.add(ev)
             state.last_offset = msg.offset
         if updated:
-            self.store.insert("inference_metrics_10s_parts", _window_columns(updated))
+            max_event = self._max_event_us
+            self.store.insert("inference_metrics_10s_parts", _window_columns(updated, max_event))
             self._windows.update(updated)
-        self._evict(max(k[0] for k, _, _ in keyed))
+        for key, msg, _, _ in keyed:
+            if msg.offset > progress[key[5]]:
+                progress[key[5]] = msg.offset
+        self._evict(max(k[0] for k, _, _, _ in keyed))
         return len(updated)
+
+    def _restore_progress(self, partitions: set[int]) -> None:
+        """Read back, for partitions not seen since start (or since assignment), how far their window rows got
+        and the latest event time folded in: the watermark resumes where it was."""
+        missing = sorted(p for p in partitions if p not in self._progress)
+        if not missing:
+            return
+        rows = self.store.query(
+            "SELECT kafka_partition, max(last_offset), argMax(max_event_us, last_offset) "
+            "FROM inference_metrics_10s_parts "
+            f"WHERE kafka_partition IN ({', '.join(str(p) for p in missing)}) GROUP BY kafka_partition"
+        ).rows
+        stored = {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        for p in missing:
+            offset, max_event_us = stored.get(p, (-1, 0))
+            self._progress[p] = offset
+            if offset >= 0 and max_event_us > 0:
+                self._max_event_us[p] = max_event_us
+                self._watermark.restore(p, max_event_us)
 
     def _load_windows(self, keys: set[WindowKey]) -> None:
         missing = [k for k in keys if k not in self._windows]
@@ -146,19 +257,12 @@ class InferenceSink:
         starts = ", ".join(str(s) for s in sorted({k[0] for k in missing}))
         partitions = ", ".join(str(p) for p in sorted({k[5] for k in missing}))
         rows = self.store.query(
-            "SELECT toUInt32(window_start), model, version, label, replica, kafka_partition, "
-            "requests, errors, latency_sum_us, latency_max_us, last_offset "
-            "FROM inference_metrics_10s_parts FINAL "
+            f"SELECT {', '.join(_STATE_SELECT)} FROM inference_metrics_10s_parts FINAL "
             f"WHERE toUInt32(window_start) IN ({starts}) AND kafka_partition IN ({partitions})"
         ).rows
-        stored = {
-            (int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5])): WindowState(
-                int(r[6]), int(r[7]), int(r[8]), int(r[9]), int(r[10])
-            )
-            for r in rows
-        }
+        stored = {_key_of_row(r): _state_of_row(r) for r in rows}
         for key in missing:
-            self._windows[key] = stored.get(key, WindowState())
+            self._windows[key] = stored.get(key) or WindowState()
 
     def _evict(self, newest_start: int) -> None:
         horizon = newest_start - self.state_horizon_s
@@ -167,46 +271,59 @@ class InferenceSink:
 
 
 def _event_columns(fresh: list[tuple[Message, InferenceEvent]]) -> dict[str, list[object]]:
-    cols: dict[str, list[object]] = {name: [] for name in _EVENT_COLUMNS}
-    for msg, ev in fresh:
-        lat = ev.latency
-        out = ev.outputs[0] if ev.outputs else None
-        values = (
-            ev.received_us,
-            ev.sent_us,
-            ev.event_id,
-            ev.request_id,
-            ev.model,
-            ev.version,
-            ev.label,
-            ev.replica,
-            ev.api,
-            ev.signature,
-            ev.status_code,
-            ev.error,
-            lat.queue_us,
-            lat.batch_us,
-            lat.compute_us,
-            lat.total_us,
-            ev.batch_size,
-            int(ev.cache_hit),
-            ev.rows,
-            [t.name for t in ev.inputs],
-            ["x".join(str(d) for d in t.shape) for t in ev.inputs],
-            out.name if out else "",
-            out.count if out else 0,
-            out.mean if out else 0.0,
-            out.min if out else 0.0,
-            out.max if out else 0.0,
-            list(out.head) if out else [],
-            ev.user_id,
-            list(ev.item_ids),
-            msg.partition,
-            msg.offset,
+    """Column lists for ``inference_events``, built column by column (one comprehension per column costs a
+    third of building a row tuple per event and transposing it)."""
+    evs = [ev for _, ev in fresh]
+    lats = [ev.latency for ev in evs]
+    outs = [ev.outputs[0] if ev.outputs else None for ev in evs]
+    answered = [o for o in outs if o is not None]
+    if len(answered) == len(outs):
+        out_cols: tuple[list[object], ...] = (
+            [o.name for o in answered],
+            [o.count for o in answered],
+            [o.mean for o in answered],
+            [o.min for o in answered],
+            [o.max for o in answered],
+            [list(o.head) for o in answered],
         )
-        for name, value in zip(_EVENT_COLUMNS, values, strict=True):
-            cols[name].append(value)
-    return cols
+    else:
+        out_cols = (
+            [o.name if o else "" for o in outs],
+            [o.count if o else 0 for o in outs],
+            [o.mean if o else 0.0 for o in outs],
+            [o.min if o else 0.0 for o in outs],
+            [o.max if o else 0.0 for o in outs],
+            [list(o.head) if o else [] for o in outs],
+        )
+    columns: tuple[list[object], ...] = (
+        [ev.received_us for ev in evs],
+        [ev.sent_us for ev in evs],
+        [ev.event_id for ev in evs],
+        [ev.request_id for ev in evs],
+        [ev.model for ev in evs],
+        [ev.version for ev in evs],
+        [ev.label for ev in evs],
+        [ev.replica for ev in evs],
+        [ev.api for ev in evs],
+        [ev.signature for ev in evs],
+        [ev.status_code for ev in evs],
+        [ev.error for ev in evs],
+        [lat.queue_us for lat in lats],
+        [lat.batch_us for lat in lats],
+        [lat.compute_us for lat in lats],
+        [lat.total_us for lat in lats],
+        [ev.batch_size for ev in evs],
+        [int(ev.cache_hit) for ev in evs],
+        [ev.rows for ev in evs],
+        [[t.name for t in ev.inputs] for ev in evs],
+        [["x".join(map(str, t.shape)) for t in ev.inputs] for ev in evs],
+        *out_cols,
+        [ev.user_id for ev in evs],
+        [list(ev.item_ids) for ev in evs],
+        [msg.partition for msg, _ in fresh],
+        [msg.offset for msg, _ in fresh],
+    )
+    return dict(zip(_EVENT_COLUMNS, columns, strict=True))
 
 
 _EVENT_COLUMNS = (
@@ -244,18 +361,88 @@ _EVENT_COLUMNS = (
 )
 
 
-def _window_columns(windows: dict[WindowKey, WindowState]) -> dict[str, list[object]]:
-    names = ("window_start", "model", "version", "label", "replica", "kafka_partition")
-    cols: dict[str, list[object]] = {n: [] for n in names}
-    for extra in ("requests", "errors", "latency_sum_us", "latency_max_us", "last_offset"):
-        cols[extra] = []
+_KEY_COLUMNS = ("window_start", "model", "version", "label", "replica", "kafka_partition")
+_STATE_COLUMNS = (
+    "requests",
+    "errors",
+    "latency_sum_us",
+    "latency_max_us",
+    "last_offset",
+    "error_codes",
+    "error_counts",
+    "latency_keys",
+    "latency_counts",
+    "queue_sum_us",
+    "compute_sum_us",
+    "batch_size_sum",
+    "rows_sum",
+    "cache_hits",
+    "score_count",
+    "score_sum",
+    "score_sumsq",
+    "score_hist",
+    "late_events",
+)
+_STATE_SELECT = ("toUInt32(window_start)", *_KEY_COLUMNS[1:], *_STATE_COLUMNS)
+
+
+def _key_of_row(r: Sequence[object]) -> WindowKey:
+    return (int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]))  # type: ignore[call-overload]
+
+
+def _state_of_row(r: Sequence[object]) -> WindowState:
+    v = dict(zip(_STATE_COLUMNS, r[len(_KEY_COLUMNS) :], strict=True))
+    hist = [int(x) for x in v["score_hist"]] or [0] * SCORE_BINS  # type: ignore[attr-defined]
+    return WindowState(
+        requests=int(v["requests"]),  # type: ignore[call-overload]
+        errors=int(v["errors"]),  # type: ignore[call-overload]
+        latency_sum_us=int(v["latency_sum_us"]),  # type: ignore[call-overload]
+        latency_max_us=int(v["latency_max_us"]),  # type: ignore[call-overload]
+        last_offset=int(v["last_offset"]),  # type: ignore[call-overload]
+        errors_by_code={int(c): int(n) for c, n in zip(v["error_codes"], v["error_counts"], strict=True)},  # type: ignore[call-overload]
+        latency=LatencySketch.from_arrays(list(v["latency_keys"]), list(v["latency_counts"])),  # type: ignore[call-overload]
+        queue_sum_us=int(v["queue_sum_us"]),  # type: ignore[call-overload]
+        compute_sum_us=int(v["compute_sum_us"]),  # type: ignore[call-overload]
+        batch_size_sum=int(v["batch_size_sum"]),  # type: ignore[call-overload]
+        rows_sum=int(v["rows_sum"]),  # type: ignore[call-overload]
+        cache_hits=int(v["cache_hits"]),  # type: ignore[call-overload]
+        score_count=int(v["score_count"]),  # type: ignore[call-overload]
+        score_sum=float(v["score_sum"]),  # type: ignore[arg-type]
+        score_sumsq=float(v["score_sumsq"]),  # type: ignore[arg-type]
+        score_hist=hist,
+        late_events=int(v["late_events"]),  # type: ignore[call-overload]
+    )
+
+
+def _window_columns(windows: dict[WindowKey, WindowState], max_event_us: dict[int, int]) -> dict[str, list[object]]:
+    cols: dict[str, list[object]] = {n: [] for n in (*_KEY_COLUMNS, *_STATE_COLUMNS, "max_event_us")}
     for key in sorted(windows):
-        for name, value in zip(names, key, strict=True):
+        for name, value in zip(_KEY_COLUMNS, key, strict=True):
             cols[name].append(value)
         s = windows[key]
-        cols["requests"].append(s.requests)
-        cols["errors"].append(s.errors)
-        cols["latency_sum_us"].append(s.latency_sum_us)
-        cols["latency_max_us"].append(s.latency_max_us)
-        cols["last_offset"].append(s.last_offset)
+        codes = sorted(s.errors_by_code)
+        keys, counts = s.latency.to_arrays()
+        for name, value in (
+            ("requests", s.requests),
+            ("errors", s.errors),
+            ("latency_sum_us", s.latency_sum_us),
+            ("latency_max_us", s.latency_max_us),
+            ("last_offset", s.last_offset),
+            ("error_codes", codes),
+            ("error_counts", [s.errors_by_code[c] for c in codes]),
+            ("latency_keys", keys),
+            ("latency_counts", counts),
+            ("queue_sum_us", s.queue_sum_us),
+            ("compute_sum_us", s.compute_sum_us),
+            ("batch_size_sum", s.batch_size_sum),
+            ("rows_sum", s.rows_sum),
+            ("cache_hits", s.cache_hits),
+            ("score_count", s.score_count),
+            ("score_sum", s.score_sum),
+            ("score_sumsq", s.score_sumsq),
+            ("score_hist", s.score_hist),
+            ("late_events", s.late_events),
+            ("max_event_us", max_event_us.get(key[5], 0)),
+        ):
+            cols[name].append(value)
     return cols

@@ -203,6 +203,10 @@ class Watermark:
                 out[partition] = closed
         return out
 
+    def forget(self, partition: int) -> None:
+        """Drop a partition's state (it moved to another worker); :meth:`restore` it when it comes back."""
+        self._partitions.pop(partition, None)
+
     # ----------------------------------------------------------------------------------------- queries
 
     def watermark_us(self, partition: int) -> int | None:
