@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Final
 
 from google.protobuf.message import DecodeError
 
@@ -20,8 +22,17 @@ class Rejected:
     reason: str
 
 
-def decode_inference(value: bytes | None) -> InferenceEvent | str:
-    """The event, or the reason it is unusable (a short machine-readable string)."""
+EARLIEST_US: Final = 946_684_800_000_000  # 2000-01-01: anything earlier is a unit or clock error
+MAX_FUTURE_US: Final = 86_400_000_000  # one day ahead of the worker's clock
+
+
+def decode_inference(value: bytes | None, now_us: int | None = None) -> InferenceEvent | str:
+    """The event, or the reason it is unusable (a short machine-readable string).
+
+    ``received_us`` must be plausible: after 2000-01-01 and at most a day ahead of ``now_us`` (the worker's
+    clock): one event from a server whose clock is years ahead would otherwise move the partition's watermark
+    and make every later event late.
+    """
     if not value:
         return "empty"
     try:
@@ -34,4 +45,8 @@ def decode_inference(value: bytes | None) -> InferenceEvent | str:
         return "missing_model"
     if event.received_us <= 0:
         return "missing_received_us"
+    if event.received_us < EARLIEST_US:
+        return "received_us_too_old"
+    if event.received_us > (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US:
+        return "received_us_in_future"
     return event
