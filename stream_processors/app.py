@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class WorkerSettings:
     allowed_lateness_s: int = 30
     batch_max: int = 10_000
     batch_within_s: float = 0.5
+    retention_interval_s: float = 3600.0  # how often the group's leader drops expired partitions (no-op with TTL)
 
 
 def create_app(settings: WorkerSettings, store: Store) -> Any:
@@ -90,6 +92,14 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
                 len(result.rejected),
                 totals,
             )
+
+    @app.timer(interval=settings.retention_interval_s, on_leader=True)  # type: ignore[untyped-decorator]
+    async def retention() -> None:
+        from store.retention import apply_retention
+
+        report = await in_sink_thread(apply_retention, store, time.time())
+        if report.dropped_count:
+            log.info("retention: dropped %d expired partition(s): %s", report.dropped_count, report.dropped)
 
     async def forget(partitions: Iterable[Any]) -> None:
         mine = [tp.partition for tp in partitions if tp.topic == settings.source_topic]
