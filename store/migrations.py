@@ -128,12 +128,20 @@ _WINDOW_COLUMNS_V2 = (
 _QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99)
 
 
-def _metrics_view(name: str, bucket: str, keys: tuple[str, ...]) -> list[str]:
+def _metrics_view(name: str, bucket: str, keys: tuple[str, ...], *, producer: bool = False) -> list[str]:
     """A view over the partial rows: sums per ``keys`` with ``window_start`` = ``bucket``, latency percentiles
     merged from the sketches (stream_processors/sketch.py: the SQL representative value of a bucket key)."""
     from stream_processors.sketch import sql_quantiles
 
     group = ", ".join(("w", *keys))
+    # the loggers' cumulative totals: per replica, the highest seen in the window (migration 4 on)
+    outer_producer = ",\n    producer_dropped_total, producer_spooled_total" if producer else ""
+    inner_producer = (
+        ",\n        max(producer_dropped) AS producer_dropped_total"
+        ",\n        max(producer_spooled) AS producer_spooled_total"
+        if producer
+        else ""
+    )
     levels = ", ".join(f"q[{i + 1}] AS latency_p{round(level * 100)}_us" for i, level in enumerate(_QUANTILE_LEVELS))
     return [
         f"DROP TABLE IF EXISTS {name}",
@@ -152,7 +160,7 @@ SELECT
     if(score_count = 0, 0, score_sum / score_count) AS score_mean,
     if(score_count = 0, 0, sqrt(greatest(score_sumsq / score_count - pow(score_sum / score_count, 2), 0))) AS score_std,
     score_hist,
-    late_events
+    late_events{outer_producer}
 FROM (
     SELECT
         {bucket} AS w, {", ".join(keys)},
@@ -169,7 +177,7 @@ FROM (
         sum(score_sum) AS score_sum,
         sum(score_sumsq) AS score_sumsq,
         sumForEach(score_hist) AS score_hist,
-        sum(late_events) AS late_events
+        sum(late_events) AS late_events{inner_producer}
     FROM inference_metrics_10s_parts FINAL
     GROUP BY {group}
 ) AS sums
@@ -200,9 +208,121 @@ def _window_aggregates(f: Features) -> list[str]:
     ]
 
 
+def _feedback_tables(f: Features) -> list[str]:
+    """Raw shop feedback, business metrics per 1 min window (stream_processors/feedback_sink.py) and the feedback
+    that could not be attributed. Cumulative rows carry ``progress`` = (last inference offset + 1) + (last feedback
+    offset + 1) of their Kafka partition: it only grows, so the newest row of a key replaces the older ones."""
+    lc = f.low_cardinality
+    events = f"""
+CREATE TABLE IF NOT EXISTS feedback_events (
+    ts DateTime DEFAULT toDateTime(intDiv(ts_us, 1000000)),
+    ts_us Int64{f.codec("Delta, ZSTD")},
+    event_id String,
+    request_id String,
+    user_id String,
+    item_id String,
+    category_id String,
+    behavior {lc("String")},
+    inference_offset Int64,
+    held UInt8,
+    kafka_partition Int32,
+    kafka_offset Int64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMMDD(ts)
+ORDER BY (behavior, ts, event_id)
+{f.ttl_clause(f"ts + INTERVAL {EVENTS_RETENTION_DAYS} DAY")}
+"""
+    counts = "".join(f"    {name} UInt64,\n" for name in BUSINESS_COUNT_COLUMNS)
+    parts = f"""
+CREATE TABLE IF NOT EXISTS business_metrics_1m_parts (
+    window_start DateTime,
+    model {lc("String")},
+    version Int64,
+    label {lc("String")},
+    kafka_partition Int32,
+{counts}    last_inference_offset Int64,
+    last_feedback_offset Int64,
+    progress UInt64,
+    updated_at DateTime DEFAULT now()
+) ENGINE = ReplacingMergeTree(progress)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (model, version, label, window_start, kafka_partition)
+{f.ttl_clause(f"window_start + INTERVAL {METRICS_RETENTION_DAYS} DAY")}
+"""
+    sums = ",\n        ".join(f"sum({name}) AS {name}" for name in BUSINESS_COUNT_COLUMNS)
+    view = f"""
+CREATE VIEW IF NOT EXISTS business_metrics_1m AS
+SELECT
+    window_start, model, version, label, {", ".join(BUSINESS_COUNT_COLUMNS)},
+    if(impressions = 0, 0, clicked_impressions / impressions) AS ctr,
+    if(impressions = 0, 0, carted_impressions / impressions) AS add_to_cart_rate,
+    if(impressions = 0, 0, bought_impressions / impressions) AS conversion_rate
+FROM (
+    SELECT
+        window_start, model, version, label,
+        {sums}
+    FROM business_metrics_1m_parts FINAL
+    GROUP BY window_start, model, version, label
+)
+"""
+    unattributed = f"""
+CREATE TABLE IF NOT EXISTS feedback_unattributed_parts (
+    minute DateTime,
+    kafka_partition Int32,
+    reason {lc("String")},
+    events UInt64,
+    last_inference_offset Int64,
+    last_feedback_offset Int64,
+    progress UInt64,
+    updated_at DateTime DEFAULT now()
+) ENGINE = ReplacingMergeTree(progress)
+PARTITION BY toYYYYMM(minute)
+ORDER BY (reason, minute, kafka_partition)
+{f.ttl_clause(f"minute + INTERVAL {METRICS_RETENTION_DAYS} DAY")}
+"""
+    # rows with reason '' (0 events) only mark how far a partition has counted (stream_processors/feedback_sink.py)
+    unattributed_view = """
+CREATE VIEW IF NOT EXISTS feedback_unattributed AS
+SELECT minute, reason, sum(events) AS events
+FROM feedback_unattributed_parts FINAL
+WHERE reason != ''
+GROUP BY minute, reason
+"""
+    return [events, parts, view, unattributed, unattributed_view]
+
+
+# BusinessWindow's counts (stream_processors/attribution.py), in its field order
+BUSINESS_COUNT_COLUMNS = (
+    "impressions",
+    "clicks",
+    "carts",
+    "favs",
+    "buys",
+    "clicked_impressions",
+    "carted_impressions",
+    "faved_impressions",
+    "bought_impressions",
+    "not_shown",
+    "outside_window",
+    "duplicates",
+)
+
+
+def _producer_totals(f: Features) -> list[str]:
+    per_replica = ("model", "version", "label", "replica")
+    return [
+        "ALTER TABLE inference_metrics_10s_parts ADD COLUMN producer_dropped UInt64",
+        "ALTER TABLE inference_metrics_10s_parts ADD COLUMN producer_spooled UInt64",
+        *_metrics_view("inference_metrics_10s", "window_start", per_replica, producer=True),
+        *_metrics_view("inference_metrics_1m", "toStartOfMinute(window_start)", per_replica, producer=True),
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inference events and 10 s metrics", _inference_tables),
     Migration(2, "latency sketches, errors by status, scores, late events; 1 min views", _window_aggregates),
+    Migration(3, "feedback events, business metrics per 1 min, unattributed feedback", _feedback_tables),
+    Migration(4, "event loggers' dropped and spooled totals per replica and window", _producer_totals),
 )
 
 

@@ -8,7 +8,7 @@ from typing import Final
 
 from google.protobuf.message import DecodeError
 
-from schemas import InferenceEvent
+from schemas import FeedbackEvent, InferenceEvent
 
 
 @dataclass(frozen=True)
@@ -49,4 +49,38 @@ def decode_inference(value: bytes | None, now_us: int | None = None) -> Inferenc
         return "received_us_too_old"
     if event.received_us > (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US:
         return "received_us_in_future"
+    return event
+
+
+_BEHAVIORS: Final = frozenset(FeedbackEvent.Behavior.values()) - {FeedbackEvent.BEHAVIOR_UNSPECIFIED}
+
+
+def decode_feedback(value: bytes | None, now_us: int | None = None) -> FeedbackEvent | str:
+    """The feedback event, or the reason it is unusable (a short machine-readable string).
+
+    Rejects what :class:`~stream_processors.attribution.Attribution` would count as ``invalid`` (no ``event_id``,
+    ``request_id`` or ``item_id``, an unspecified or unknown behaviour), and a ``ts_us`` before 2000-01-01 or more
+    than a day ahead of ``now_us`` (the worker's clock): shop clocks and units (ms for µs) are not trusted, and the
+    raw table is partitioned by day of ``ts_us``.
+    """
+    if not value:
+        return "empty"
+    try:
+        event = FeedbackEvent.FromString(value)
+    except DecodeError:
+        return "undecodable"
+    if not event.event_id:
+        return "missing_event_id"
+    if not event.request_id:
+        return "missing_request_id"
+    if not event.item_id:
+        return "missing_item_id"
+    if event.behavior not in _BEHAVIORS:
+        return "missing_behavior" if event.behavior == FeedbackEvent.BEHAVIOR_UNSPECIFIED else "unknown_behavior"
+    if event.ts_us <= 0:
+        return "missing_ts_us"
+    if event.ts_us < EARLIEST_US:
+        return "ts_us_too_old"
+    if event.ts_us > (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US:
+        return "ts_us_in_future"
     return event
