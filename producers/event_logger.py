@@ -241,6 +241,11 @@ class EventLogger:
                 dropped={reason: n for reason, n in c.dropped.items() if n},
             )
 
+    def totals(self) -> tuple[int, int]:
+        """(dropped, spooled) so far: cheap enough to stamp into every event (``InferenceEvent.producer``)."""
+        c = self._counters
+        return sum(c.dropped.values()), c.spooled
+
     @property
     def producer(self) -> Any:
         """The producer the logger created (a ``confluent_kafka.Producer``, or the factory's fake)."""

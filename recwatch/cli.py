@@ -244,7 +244,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         rest_api_port=args.rest_api_port or None,
     )
     logger = publisher if isinstance(publisher, EventLogger) else None
-    server = ModelServer(options, publisher, producer_stats=(lambda: logger.stats) if logger is not None else None)
+    server = ModelServer(
+        options,
+        publisher,
+        producer_stats=(lambda: logger.stats) if logger is not None else None,
+        producer_totals=logger.totals if logger is not None else None,
+    )
     server.start()
     logging.getLogger("recwatch.serve").info(
         "serving %s from %s on 127.0.0.1:%d as replica %s",

@@ -152,8 +152,12 @@ class Predictor:
         cache: ResultCache | None = None,
         observers: Sequence[RequestObserver] = (),
         in_flight: InFlight | None = None,
+        producer_totals: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
+        """``producer_totals``: the event logger's (dropped, spooled) totals, stamped into every event so the
+        stream workers can count events that never reached Kafka (``producers.EventLogger.totals``)."""
         self.manager = manager
+        self._producer_totals = producer_totals
         self.in_flight = in_flight or InFlight()
         self.replica = replica
         self._publisher = publisher
@@ -223,6 +227,9 @@ class Predictor:
         event.latency.compute_us = min(compute_us, _U32_MAX)
         event.latency.total_us = min((time.perf_counter_ns() - start_ns) // 1000, _U32_MAX)
         event.sent_us = self._clock.now_us()
+        if self._producer_totals is not None:
+            totals = event.producer
+            totals.dropped, totals.spooled = self._producer_totals()
         self._publish(event)
         return PredictOutcome(resolved, signature, outputs, status, error, event)
 

@@ -90,12 +90,14 @@ class ModelServer:
         clock: Clock | None = None,
         executor: Executor | None = None,
         producer_stats: Callable[[], object] | None = None,
+        producer_totals: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._options = options
         self._publisher = publisher
         self._clock = clock
         self._executor_override = executor
         self._producer_stats = producer_stats
+        self._producer_totals = producer_totals
         self._rest: RestServer | None = None
         self._server: Any = None
         self._executor: ThreadPoolExecutor | None = None
@@ -210,6 +212,7 @@ class ModelServer:
             cache=cache,
             observers=[metrics],
             in_flight=in_flight,
+            producer_totals=self._producer_totals,
         )
         if opts.rest_api_port is not None:
             rest = RestServer(predictor, host=opts.host, port=opts.rest_api_port, metrics=metrics)

@@ -52,6 +52,8 @@ class WindowState:
     score_sumsq: float = 0.0
     score_hist: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
     late_events: int = 0
+    producer_dropped: int = 0  # the replica's logger totals: the highest seen in the window (cumulative)
+    producer_spooled: int = 0
 
     def copy(self) -> WindowState:
         return replace(
@@ -79,6 +81,11 @@ class WindowState:
         self.batch_size_sum += ev.batch_size
         self.rows_sum += ev.rows
         self.cache_hits += ev.cache_hit
+        producer = ev.producer
+        if producer.dropped > self.producer_dropped:
+            self.producer_dropped = producer.dropped
+        if producer.spooled > self.producer_spooled:
+            self.producer_spooled = producer.spooled
         if ev.outputs:
             head = ev.outputs[0].head
             if head:
@@ -382,6 +389,8 @@ _STATE_COLUMNS = (
     "score_sumsq",
     "score_hist",
     "late_events",
+    "producer_dropped",
+    "producer_spooled",
 )
 _STATE_SELECT = ("toUInt32(window_start)", *_KEY_COLUMNS[1:], *_STATE_COLUMNS)
 
@@ -411,6 +420,8 @@ def _state_of_row(r: Sequence[object]) -> WindowState:
         score_sumsq=float(v["score_sumsq"]),  # type: ignore[arg-type]
         score_hist=hist,
         late_events=int(v["late_events"]),  # type: ignore[call-overload]
+        producer_dropped=int(v["producer_dropped"]),  # type: ignore[call-overload]
+        producer_spooled=int(v["producer_spooled"]),  # type: ignore[call-overload]
     )
 
 
@@ -442,6 +453,8 @@ def _window_columns(windows: dict[WindowKey, WindowState], max_event_us: dict[in
             ("score_sumsq", s.score_sumsq),
             ("score_hist", s.score_hist),
             ("late_events", s.late_events),
+            ("producer_dropped", s.producer_dropped),
+            ("producer_spooled", s.producer_spooled),
             ("max_event_us", max_event_us.get(key[5], 0)),
         ):
             cols[name].append(value)

@@ -8,6 +8,7 @@ TensorFlow's own ``tf.make_tensor_proto``, as a real client would, not with the 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,7 +127,8 @@ def _module_server(tiny_model_base: Path) -> Iterator[RunningServer]:
     publisher = InMemoryPublisher()
     clock = StepClock()
     options = ServeOptions(MODEL_NAME, tiny_model_base, port=0, replica=REPLICA, max_workers=4)
-    server = ModelServer(options, publisher, clock=clock)
+    totals = itertools.count()  # stands in for an event logger's (dropped, spooled) totals, growing per call
+    server = ModelServer(options, publisher, clock=clock, producer_totals=lambda: (next(totals), 7))
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     try:

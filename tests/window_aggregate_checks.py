@@ -120,10 +120,12 @@ def check_errors_scores_and_cache_per_window(store: Store) -> None:
         event(i, (base + 1) * 1_000_000 + i, status=s, scores=sc if s == 0 else (), cache_hit=i % 5 == 0)
         for i, (s, sc) in enumerate(zip(statuses, scores, strict=True))
     ]
+    for i, ev in enumerate(events):  # the replica's logger totals grow; the window keeps the highest
+        ev.producer.dropped, ev.producer.spooled = i // 10, 3 * i
     sink.write_batch([Message(0, i, ev.SerializeToString()) for i, ev in enumerate(events)])
     [row] = store.query(
         "SELECT requests, errors, errors_by_status, cache_hit_rate, score_mean, score_std, score_hist, "
-        "throughput_rps, late_events "
+        "throughput_rps, late_events, producer_dropped_total, producer_spooled_total "
         f"FROM inference_metrics_10s WHERE toUInt32(window_start) = {base}"
     ).rows
     assert (int(row[0]), int(row[1])) == (40, 10)
@@ -137,6 +139,7 @@ def check_errors_scores_and_cache_per_window(store: Store) -> None:
     assert [int(x) for x in row[6]] == want_hist.tolist()
     assert float(row[7]) == 4.0  # 40 requests in a 10 s window
     assert int(row[8]) == 0
+    assert (int(row[9]), int(row[10])) == (39 // 10, 3 * 39)
 
 
 def check_late_events_are_counted_not_aggregated_and_survive_a_restart(store: Store) -> None:

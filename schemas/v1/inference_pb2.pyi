@@ -44,8 +44,16 @@ class OutputSummary(_message.Message):
     head: _containers.RepeatedScalarFieldContainer[float]
     def __init__(self, name: _Optional[str] = ..., count: _Optional[int] = ..., mean: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., head: _Optional[_Iterable[float]] = ...) -> None: ...
 
+class ProducerTotals(_message.Message):
+    __slots__ = ("dropped", "spooled")
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SPOOLED_FIELD_NUMBER: _ClassVar[int]
+    dropped: int
+    spooled: int
+    def __init__(self, dropped: _Optional[int] = ..., spooled: _Optional[int] = ...) -> None: ...
+
 class InferenceEvent(_message.Message):
-    __slots__ = ("event_id", "request_id", "received_us", "sent_us", "model", "version", "label", "replica", "api", "signature", "status_code", "error", "latency", "batch_size", "cache_hit", "rows", "inputs", "outputs", "user_id", "item_ids")
+    __slots__ = ("event_id", "request_id", "received_us", "sent_us", "model", "version", "label", "replica", "api", "signature", "status_code", "error", "latency", "batch_size", "cache_hit", "rows", "inputs", "outputs", "user_id", "item_ids", "producer")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +74,7 @@ class InferenceEvent(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRODUCER_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     received_us: int
@@ -86,4 +95,5 @@ class InferenceEvent(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[OutputSummary]
     user_id: str
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., sent_us: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., replica: _Optional[str] = ..., api: _Optional[str] = ..., signature: _Optional[str] = ..., status_code: _Optional[int] = ..., error: _Optional[str] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., rows: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSummary, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputSummary, _Mapping]]] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    producer: ProducerTotals
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., sent_us: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., replica: _Optional[str] = ..., api: _Optional[str] = ..., signature: _Optional[str] = ..., status_code: _Optional[int] = ..., error: _Optional[str] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., rows: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSummary, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputSummary, _Mapping]]] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., producer: _Optional[_Union[ProducerTotals, _Mapping]] = ...) -> None: ...

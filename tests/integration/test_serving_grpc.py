@@ -96,6 +96,9 @@ def test_each_predict_publishes_exactly_one_event_with_its_fields(serving, predi
         np.testing.assert_allclose(list(out.head), scores[:64])
         assert event.user_id == str(inputs["user_id"][0])
         assert list(event.item_ids) == [str(v) for v in inputs["item_id"][:64]]
+    dropped = [e.producer.dropped for e in events]  # the logger's totals, read once per event
+    assert dropped == sorted(dropped) and len(set(dropped)) == len(events)
+    assert {e.producer.spooled for e in events} == {7}
 
 
 def test_request_id_from_metadata_propagates(serving, predict_request):
