@@ -1,9 +1,11 @@
 """The Faust worker app: inference events from Kafka -> raw rows and 10 s aggregates in the store.
 
-Built by ``create_app(settings, store)``; there is no module-level app. Events are processed in batches
-(``take_events``): a batch is written to the store in a worker thread before its offsets are acknowledged,
-so a crash redelivers at most the unacknowledged batches, and the sink's offset bookkeeping makes
-redelivery harmless (see ``stream_processors.inference_sink``).
+Built by ``create_app(settings, store)``; there is no module-level app. Events arrive in batches: the agent
+gets one Faust event per partition per fetch (``stream_processors.faust_batching``: stock Faust spends ~60 µs
+of CPU per record on its per-message path, this ~3 µs), merges up to ``batch_fetches`` of them and writes
+them to the store in a worker thread before their offsets are acknowledged, so a crash redelivers at most the
+unacknowledged batches, and the sink's offset bookkeeping makes redelivery harmless (see
+``stream_processors.inference_sink``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from schemas import topics
 from store.base import Store
+from stream_processors import faust_batching
 from stream_processors.inference_sink import InferenceSink, Message
 
 log = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ class WorkerSettings:
     dead_letter_topic: str = topics.DEAD_LETTER
     window_s: int = 10
     allowed_lateness_s: int = 30
-    batch_max: int = 10_000
+    batch_fetches: int = 64  # partition fetches (up to ~1 MB each) merged into one store write
     batch_within_s: float = 0.5
     retention_interval_s: float = 3600.0  # how often the group's leader drops expired partitions (no-op with TTL)
 
@@ -53,7 +56,8 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         topic_allow_declare=True,
         producer_acks=-1,
     )
-    source = app.topic(settings.source_topic, value_serializer="raw", key_serializer="raw")
+    faust_batching.install(app)  # the agent gets one event per partition per fetch, not one per record
+    source = faust_batching.batch_topic(app, settings.source_topic)
     dead_letters = app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
     sink = InferenceSink(
         store,
@@ -70,8 +74,8 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
 
     @app.agent(source, name="inference-sink")
     async def inference_sink(stream: AsyncIterable[Any]) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):  # type: ignore[attr-defined]
-            batch = [Message(e.message.partition, e.message.offset, e.message.value) for e in events]
+        async for fetches in stream.take(settings.batch_fetches, within=settings.batch_within_s):  # type: ignore[attr-defined]
+            batch = [Message(r.partition, r.offset, r.value) for records in fetches for r in records]
             result = await in_sink_thread(sink.write_batch, batch)
             for rejected in result.rejected:
                 await dead_letters.send(
@@ -122,6 +126,12 @@ def run_worker(settings: WorkerSettings, store: Store, loglevel: str = "info") -
     import faust
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import uvloop
+    except ImportError:  # optional: ~25 % less CPU per batch on uvloop
+        pass
+    else:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(settings, store)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()
