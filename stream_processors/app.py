@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,9 @@ from typing import Any
 from schemas import topics
 from store.base import Store
 from stream_processors import faust_batching
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.decode import Rejected
+from stream_processors.feedback_sink import FeedbackBatchResult, FeedbackSink
+from stream_processors.inference_sink import BatchResult, InferenceSink, Message
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,12 @@ class WorkerSettings:
     data_dir: Path
     app_id: str = "recwatch-worker"
     source_topic: str = topics.INFERENCE
+    feedback_topic: str = topics.FEEDBACK
     dead_letter_topic: str = topics.DEAD_LETTER
     window_s: int = 10
     allowed_lateness_s: int = 30
-    batch_fetches: int = 64  # partition fetches (up to ~1 MB each) merged into one store write
+    batch_fetches: int = 64  # partition fetches (up to ~1 MB each) taken together ...
+    batch_max_rows: int = 20_000  # ... and written to the store in inserts of at most this many rows
     batch_within_s: float = 0.5
     retention_interval_s: float = 3600.0  # how often the group's leader drops expired partitions (no-op with TTL)
 
@@ -58,6 +62,7 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
     )
     faust_batching.install(app)  # the agent gets one event per partition per fetch, not one per record
     source = faust_batching.batch_topic(app, settings.source_topic)
+    feedback = faust_batching.batch_topic(app, settings.feedback_topic)
     dead_letters = app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
     sink = InferenceSink(
         store,
@@ -65,37 +70,71 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         window_s=settings.window_s,
         allowed_lateness_s=settings.allowed_lateness_s,
     )
-    # One thread owns the sink: its caches are touched by batches and by rebalances, never concurrently.
+    feedback_sink = FeedbackSink(store, inference_topic=settings.source_topic, feedback_topic=settings.feedback_topic)
+    # One thread owns the sinks: their caches are touched by batches and by rebalances, never concurrently.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recwatch-sink")
-    totals = {"events": 0, "duplicates": 0, "rejected": 0}
+    totals = {"events": 0, "feedback": 0, "duplicates": 0, "rejected": 0}
 
     async def in_sink_thread(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
+    def write_inference(batch: list[Message]) -> tuple[BatchResult, FeedbackBatchResult]:
+        # raw rows first: the feedback sink rebuilds its join state from them after a restart
+        result = sink.write_batch(batch)
+        return result, feedback_sink.write_batch(inference=result.decoded)  # decoded once
+
+    async def dead_letter(rejected: list[Rejected]) -> None:
+        for r in rejected:
+            await dead_letters.send(
+                value=r.value,
+                headers={
+                    "recwatch-reason": r.reason.encode(),
+                    "recwatch-source": f"{r.topic}/{r.partition}/{r.offset}".encode(),
+                },
+            )
+
+    def chunks(fetches: list[Any]) -> Iterator[list[Message]]:
+        """The fetched records in store writes of at most ``batch_max_rows``."""
+        batch = [Message(r.partition, r.offset, r.value) for records in fetches for r in records]
+        for start in range(0, len(batch), settings.batch_max_rows):
+            yield batch[start : start + settings.batch_max_rows]
+
     @app.agent(source, name="inference-sink")
     async def inference_sink(stream: AsyncIterable[Any]) -> None:
         async for fetches in stream.take(settings.batch_fetches, within=settings.batch_within_s):  # type: ignore[attr-defined]
-            batch = [Message(r.partition, r.offset, r.value) for records in fetches for r in records]
-            result = await in_sink_thread(sink.write_batch, batch)
-            for rejected in result.rejected:
-                await dead_letters.send(
-                    value=rejected.value,
-                    headers={
-                        "recwatch-reason": rejected.reason.encode(),
-                        "recwatch-source": f"{rejected.topic}/{rejected.partition}/{rejected.offset}".encode(),
-                    },
+            for batch in chunks(fetches):
+                result, business = await in_sink_thread(write_inference, batch)
+                await dead_letter(result.rejected)
+                totals["events"] += result.events_written
+                totals["duplicates"] += result.duplicates_skipped
+                totals["rejected"] += len(result.rejected)
+                log.info(
+                    "inference batch: %d events written, %d windows, %d business windows updated, "
+                    "%d redelivered skipped, %d rejected (totals %s)",
+                    result.events_written,
+                    result.windows_written,
+                    business.windows_written,
+                    result.duplicates_skipped,
+                    len(result.rejected),
+                    totals,
                 )
-            totals["events"] += result.events_written
-            totals["duplicates"] += result.duplicates_skipped
-            totals["rejected"] += len(result.rejected)
-            log.info(
-                "batch: %d events written, %d windows updated, %d redelivered skipped, %d rejected (totals %s)",
-                result.events_written,
-                result.windows_written,
-                result.duplicates_skipped,
-                len(result.rejected),
-                totals,
-            )
+
+    @app.agent(feedback, name="feedback-sink")
+    async def feedback_agent(stream: AsyncIterable[Any]) -> None:
+        async for fetches in stream.take(settings.batch_fetches, within=settings.batch_within_s):  # type: ignore[attr-defined]
+            for batch in chunks(fetches):
+                result = await in_sink_thread(lambda b=batch: feedback_sink.write_batch(feedback=b))
+                await dead_letter(result.rejected)
+                totals["feedback"] += result.feedback_written
+                totals["duplicates"] += result.duplicates_skipped
+                totals["rejected"] += len(result.rejected)
+                log.info(
+                    "feedback batch: %d written, %d business windows updated, %d redelivered skipped, %d rejected",
+                    result.feedback_written,
+                    result.windows_written,
+                    result.duplicates_skipped,
+                    len(result.rejected),
+                )
 
     @app.timer(interval=settings.retention_interval_s, on_leader=True)  # type: ignore[untyped-decorator]
     async def retention() -> None:
@@ -105,10 +144,16 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         if report.dropped_count:
             log.info("retention: dropped %d expired partition(s): %s", report.dropped_count, report.dropped)
 
+    def forget_in_sinks(inference: list[int], either: list[int]) -> None:
+        sink.forget_partitions(inference)
+        feedback_sink.forget_partitions(either)
+
     async def forget(partitions: Iterable[Any]) -> None:
-        mine = [tp.partition for tp in partitions if tp.topic == settings.source_topic]
-        if mine:
-            await in_sink_thread(sink.forget_partitions, mine)
+        tps = list(partitions)
+        inference = [tp.partition for tp in tps if tp.topic == settings.source_topic]
+        either = sorted({tp.partition for tp in tps if tp.topic in (settings.source_topic, settings.feedback_topic)})
+        if either:
+            await in_sink_thread(forget_in_sinks, inference, either)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:

@@ -116,6 +116,7 @@ class BatchResult:
     events_written: int = 0
     duplicates_skipped: int = 0
     windows_written: int = 0
+    decoded: list[tuple[Message, InferenceEvent]] = field(default_factory=list)  # for the feedback sink
     rejected: list[Rejected] = field(default_factory=list)
 
 
@@ -180,6 +181,7 @@ class InferenceSink:
                 self._high_water[msg.partition] = msg.offset
         # Redelivered events still pass through here: a crash may have come between the two inserts.
         result.windows_written = self._aggregate(decoded_events)
+        result.decoded = decoded_events
         return result
 
     def _high_water_of(self, partition: int) -> int:

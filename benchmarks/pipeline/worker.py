@@ -29,14 +29,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = open_store(args.store)
     store.connect()
     migrate(store)
+    feedback_topic = _feedback_topic_like(args.bootstrap, args.topic)
     settings = WorkerSettings(
-        bootstrap=args.bootstrap, data_dir=args.data_dir, app_id=args.group, source_topic=args.topic
+        bootstrap=args.bootstrap,
+        data_dir=args.data_dir,
+        app_id=args.group,
+        source_topic=args.topic,
+        feedback_topic=feedback_topic,
     )
     try:
         run_worker(settings, store)
     finally:
         store.close()
     return 0
+
+
+def _feedback_topic_like(bootstrap: str, topic: str) -> str:
+    """An (empty) feedback topic co-partitioned with ``topic``, as ``recwatch infra up`` creates them."""
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.cimpl import NewTopic  # confluent_kafka.admin re-exports it, but not for mypy
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    partitions = len(admin.list_topics(topic, timeout=30).topics[topic].partitions)
+    name = f"{topic}.feedback"
+    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
+        try:
+            future.result(timeout=30)
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return name
 
 
 if __name__ == "__main__":
