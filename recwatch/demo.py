@@ -1,12 +1,14 @@
 """The main job, end to end on the embedded defaults (``make demo``).
 
-infra up -> a tiny ranking SavedModel -> ``recwatch serve`` and ``recwatch worker`` as real processes ->
-N Predict calls through the official tensorflow-serving-api client -> wait until the store holds every event
--> print the 10 s aggregates with SQL -> stop everything that was started.
+infra up -> a DCN-v2 ranker and a SASRec recommender -> ``recwatch serve`` and ``recwatch worker`` as real
+processes -> N Predict calls through the official tensorflow-serving-api client, while a simulated shop
+publishes what shoppers did with the ranked items (clicks, carts, buys) to the feedback topic -> wait until the
+store holds every event and every click -> print latency percentiles and CTR with SQL -> stop everything.
 """
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
@@ -68,8 +70,14 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
             "(a 20-item history x 32 candidates) through tensorflow-serving-api"
         )
         run_id = uuid.uuid4().hex[:8]
-        sent = _send_traffic(requests, run_id, serve_pid, run_dir / "serve.log")
+        shop = Shop(stack.bootstrap_servers(settings))
+        sent = _send_traffic(requests, run_id, serve_pid, run_dir / "serve.log", shop)
+        feedback = shop.close()
         print(f"sent {sent} requests with request ids demo-{run_id}-*")
+        print(
+            f"the shop reported {feedback['click']} clicks, {feedback['cart']} add-to-carts and {feedback['buy']} "
+            f"purchases on the ranked items (topic recwatch.feedback.v1)"
+        )
 
         _step("waiting until the store holds every event")
         store = open_store(stack.store_url(settings))
@@ -87,17 +95,24 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
                     return 1
                 time.sleep(0.5)
             print(f"{seen} of {sent} events in inference_events")
+            clicks_sql = (
+                f"SELECT count() FROM feedback_events WHERE request_id LIKE 'demo-{run_id}-%' AND behavior = 'click'"
+            )
+            while time.monotonic() < deadline and int(store.query(clicks_sql).scalar()) < feedback["click"]:
+                time.sleep(0.5)
+            print(f"{int(store.query(clicks_sql).scalar())} of {feedback['click']} clicks in feedback_events")
             _step("what the store says, while the worker keeps running (recwatch sql)")
             _sql(
-                "SELECT window_start, model, version, requests, errors, round(latency_mean_us) AS mean_us, "
-                "latency_max_us FROM inference_metrics_10s "
+                "SELECT window_start, model, version, requests, errors, round(latency_p50_us) AS p50_us, "
+                "round(latency_p99_us) AS p99_us, latency_max_us AS max_us, round(score_mean, 3) AS score, "
+                "late_events AS late FROM inference_metrics_1m "
                 "WHERE window_start >= now() - INTERVAL 10 MINUTE ORDER BY window_start, model"
             )
             _sql(
-                "SELECT model, version, replica, count() AS requests, "
-                "round(quantile(0.5)(total_us)) AS p50_us, round(quantile(0.99)(total_us)) AS p99_us, "
-                "round(avg(compute_us)) AS compute_us, round(avg(score_mean), 4) AS mean_score "
-                f"FROM inference_events WHERE request_id LIKE 'demo-{run_id}-%' GROUP BY model, version, replica"
+                "SELECT model, version, sum(impressions) AS shown, sum(clicked_impressions) AS clicked, "
+                "round(sum(clicked_impressions) / sum(impressions), 4) AS ctr, "
+                "round(sum(bought_impressions) / sum(impressions), 4) AS conversion "
+                "FROM business_metrics_1m WHERE window_start >= now() - INTERVAL 10 MINUTE GROUP BY model, version"
             )
         finally:
             store.close()
@@ -116,7 +131,51 @@ def _sql(query: str) -> None:
     subprocess.run([sys.executable, "-m", "recwatch.cli", "sql", query], check=True)
 
 
-def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path) -> int:
+class Shop:
+    """Shoppers reacting to the ranked lists: the higher an item's score and rank, the likelier a click; some
+    clicks become add-to-carts and purchases. Each reaction is a FeedbackEvent on the feedback topic, keyed
+    by the prediction's request id (as a shop's frontend would send them)."""
+
+    def __init__(self, bootstrap: str, seed: int = 11) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+        self._rng = random.Random(seed)
+        self.counts = {"click": 0, "cart": 0, "buy": 0}
+
+    def react(self, request_id: str, user_id: str, items: list[int], scores: list[float]) -> None:
+        from schemas import FeedbackEvent, topics
+
+        ranked = sorted(zip(scores, items, strict=True), reverse=True)
+        now_us = time.time_ns() // 1000
+        for rank, (score, item) in enumerate(ranked[:10]):
+            if self._rng.random() >= 0.25 * max(min(score, 1.0), 0.05) / (1 + rank):
+                continue
+            behaviors = ["click"]
+            if self._rng.random() < 0.3:
+                behaviors.append("cart")
+                if self._rng.random() < 0.5:
+                    behaviors.append("buy")
+            for i, behavior in enumerate(behaviors):
+                event = FeedbackEvent(
+                    event_id=uuid.uuid4().hex,
+                    request_id=request_id,
+                    user_id=user_id,
+                    item_id=str(item),
+                    behavior=behavior.upper(),  # the enum value by name
+                    ts_us=now_us + (1 + rank + i) * 1_000_000,
+                )
+                self._producer.produce(topics.FEEDBACK, event.SerializeToString(), request_id.encode())
+                self.counts[behavior] += 1
+        self._producer.poll(0)
+
+    def close(self) -> dict[str, int]:
+        if self._producer.flush(30):
+            raise SystemExit("the shop could not deliver its feedback to Kafka within 30 s")
+        return dict(self.counts)
+
+
+def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path, shop: Shop) -> int:
     import grpc
     import numpy as np
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -134,16 +193,21 @@ def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path) -> int:
     for i in range(n + n // 4):
         request = predict_pb2.PredictRequest()
         candidates = rng.integers(1, 5_000, size=32, dtype=np.int64)
+        user = str(rng.integers(1, 10_000))
         if i % 5 == 4:  # every fifth call: the sequence model ranks candidates after a user's history
             request.model_spec.name = SEQ_MODEL
             request.inputs["history"].CopyFrom(to_tensor_proto(rng.integers(1, 5_000, size=(1, 20), dtype=np.int64)))
             request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates.reshape(1, 32)))
         else:
             request.model_spec.name = MODEL
-            request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, rng.integers(1, 10_000), dtype=np.int64)))
+            request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, int(user), dtype=np.int64)))
             request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates))
             request.inputs["category_id"].CopyFrom(to_tensor_proto(candidates % 97))
-        stub.Predict(request, timeout=10, metadata=[("x-request-id", f"demo-{run_id}-{i}")])
+        request_id = f"demo-{run_id}-{i}"
+        response = stub.Predict(request, timeout=10, metadata=[("x-request-id", request_id)])
+        scores = list(next(iter(response.outputs.values())).float_val)
+        if len(scores) == len(candidates):
+            shop.react(request_id, user, [int(c) for c in candidates], scores)
         sent += 1
     channel.close()
     return sent
