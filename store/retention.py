@@ -87,6 +87,9 @@ class RetentionRule:
 RULES: tuple[RetentionRule, ...] = (
     RetentionRule("inference_events", DAY, EVENTS_RETENTION_DAYS),
     RetentionRule("inference_metrics_10s_parts", MONTH, METRICS_RETENTION_DAYS),
+    RetentionRule("feedback_events", DAY, EVENTS_RETENTION_DAYS),
+    RetentionRule("business_metrics_1m_parts", MONTH, METRICS_RETENTION_DAYS),
+    RetentionRule("feedback_unattributed_parts", MONTH, METRICS_RETENTION_DAYS),
 )
 
 

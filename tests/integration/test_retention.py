@@ -72,11 +72,11 @@ def test_clickhouse_18_16_drops_exactly_the_expired_partitions(server_store: Sto
     report = apply_retention(server_store, NOW)
 
     assert not report.ttl and report.skipped == {} and report.unparsable == {}
-    assert report.dropped == {
+    assert {table: parts for table, parts in report.dropped.items() if parts} == {
         "inference_events": ["20250924", "20251024", "20261028"],
         "inference_metrics_10s_parts": ["202509"],
     }
-    assert report.kept == {
+    assert {table: parts for table, parts in report.kept.items() if parts} == {
         "inference_events": ["20261029", "20261128"],
         "inference_metrics_10s_parts": ["202510", "202610", "202611"],
     }
@@ -97,9 +97,9 @@ def test_clickhouse_18_16_drops_exactly_the_expired_partitions(server_store: Sto
 @pytest.mark.clickhouse_server
 def test_clickhouse_18_16_skips_tables_that_do_not_exist_yet(server_store: Store) -> None:
     _fill(server_store)
-    rules = (*RULES, RetentionRule("feedback_events", DAY, 30))
+    rules = (*RULES, RetentionRule("a_table_of_a_later_migration", DAY, 30))
     report = apply_retention(server_store, NOW, rules)
-    assert report.skipped == {"feedback_events": "table does not exist"}
+    assert report.skipped == {"a_table_of_a_later_migration": "table does not exist"}
     assert report.dropped_count == 4
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -226,5 +227,47 @@ def _wait_for_group_at_end(bootstrap: str, group: str, timeout_s: float = 120) -
                 return
             time.sleep(0.5)
         raise AssertionError(f"group {group} did not reach the end of {topics.INFERENCE}")
+    finally:
+        consumer.close()
+
+
+def test_a_killed_worker_never_committed_past_what_it_stored_and_a_restart_loses_nothing(
+    tmp_path: Path, kafka_bootstrap: str, store_url: str
+) -> None:
+    """The batching consumer acks a fetch only after the store holds it: killed mid-stream, the group's committed
+    offsets are never beyond the rows stored, and the next worker completes the count exactly."""
+    model = f"kill_{uuid.uuid4().hex[:8]}"
+    events = _events(model)
+    _produce(kafka_bootstrap, events, [])
+    stack = _stack(tmp_path, "kill", kafka_bootstrap, store_url)
+    group = f"gk-{uuid.uuid4().hex[:8]}"
+    try:
+        worker = stack.start("worker", "--group", group, log="worker.log")
+        stack.wait_for("SELECT count() FROM inference_events", 1)  # the first batch of the (shared) topic is in
+        stack.stop(worker, signal.SIGKILL)
+        stored = {
+            int(row["p"]): int(row["o"])
+            for row in stack.sql("SELECT kafka_partition AS p, max(kafka_offset) AS o FROM inference_events GROUP BY p")
+        }
+        for partition, committed in _committed(kafka_bootstrap, group).items():
+            assert committed <= stored.get(partition, -1) + 1, (partition, committed, stored)
+
+        stack.start("worker", "--group", group, log="worker2.log")
+        _wait_all_counted(stack, model)
+        (row,) = stack.sql(
+            f"SELECT count() AS n, count(DISTINCT event_id) AS d FROM inference_events WHERE model = '{model}'"
+        )
+        assert row == {"n": N_EVENTS, "d": N_EVENTS}
+    finally:
+        stack.close()
+
+
+def _committed(bootstrap: str, group: str) -> dict[int, int]:
+    """The group's committed offsets (next offset to read) per partition of the inference topic; -1001 = none."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topics.INFERENCE, timeout=30).topics[topics.INFERENCE].partitions
+        committed = consumer.committed([TopicPartition(topics.INFERENCE, p) for p in partitions], timeout=30)
+        return {tp.partition: tp.offset for tp in committed}
     finally:
         consumer.close()

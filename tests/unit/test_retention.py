@@ -215,7 +215,7 @@ def _fake_1816() -> FakeStore:
 
 def test_without_ttl_expired_partitions_are_dropped_and_the_rest_kept() -> None:
     store = _fake_1816()
-    report = apply_retention(store, NOW)
+    report = apply_retention(store, NOW, RULES[:2])  # the tables this fake has
     assert not report.ttl
     assert report.dropped == {"inference_events": ["20251024", "20261028"], "inference_metrics_10s_parts": ["202509"]}
     assert report.kept == {
