@@ -318,11 +318,20 @@ def _producer_totals(f: Features) -> list[str]:
     ]
 
 
+def _metrics_emitted(f: Features) -> list[str]:
+    """How far the closed windows are on the metrics topic (stream_processors/window_emitter.py)."""
+    return [
+        "CREATE TABLE IF NOT EXISTS metrics_emitted (stream String, through DateTime, at DateTime) "
+        "ENGINE = MergeTree() PARTITION BY tuple() ORDER BY (stream, through)"
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inference events and 10 s metrics", _inference_tables),
     Migration(2, "latency sketches, errors by status, scores, late events; 1 min views", _window_aggregates),
     Migration(3, "feedback events, business metrics per 1 min, unattributed feedback", _feedback_tables),
     Migration(4, "event loggers' dropped and spooled totals per replica and window", _producer_totals),
+    Migration(5, "progress of the closed windows published on the metrics topic", _metrics_emitted),
 )
 
 

@@ -1,4 +1,9 @@
-"""The Faust worker app: inference events from Kafka -> raw rows and 10 s aggregates in the store.
+"""The Faust worker app: inference and feedback events from Kafka -> raw rows, windowed aggregates and
+business metrics in the store; closed windows -> the metrics topic; hourly retention.
+
+Agents: ``inference-sink`` (``InferenceSink``, then the predictions into ``FeedbackSink``'s join),
+``feedback-sink`` (shop feedback into the join). Timers on the group's leader: ``publish_closed_windows``
+(``WindowEmitter``: one ``WindowAggregate`` per series and closed 10 s window) and ``retention``.
 
 Built by ``create_app(settings, store)``; there is no module-level app. Events arrive in batches: the agent
 gets one Faust event per partition per fetch (``stream_processors.faust_batching``: stock Faust spends ~60 µs
@@ -25,6 +30,7 @@ from stream_processors import faust_batching
 from stream_processors.decode import Rejected
 from stream_processors.feedback_sink import FeedbackBatchResult, FeedbackSink
 from stream_processors.inference_sink import BatchResult, InferenceSink, Message
+from stream_processors.window_emitter import WindowEmitter
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ class WorkerSettings:
     app_id: str = "recwatch-worker"
     source_topic: str = topics.INFERENCE
     feedback_topic: str = topics.FEEDBACK
+    metrics_topic: str = topics.METRICS
     dead_letter_topic: str = topics.DEAD_LETTER
     window_s: int = 10
     allowed_lateness_s: int = 30
@@ -64,6 +71,7 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
     source = faust_batching.batch_topic(app, settings.source_topic)
     feedback = faust_batching.batch_topic(app, settings.feedback_topic)
     dead_letters = app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
+    metrics = app.topic(settings.metrics_topic, value_serializer="raw", key_serializer="raw")
     sink = InferenceSink(
         store,
         topic=settings.source_topic,
@@ -135,6 +143,23 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
                     result.duplicates_skipped,
                     len(result.rejected),
                 )
+
+    emitter = WindowEmitter(store, window_s=settings.window_s, allowed_lateness_s=settings.allowed_lateness_s)
+
+    @app.timer(interval=settings.window_s, on_leader=True)  # type: ignore[untyped-decorator]
+    async def publish_closed_windows() -> None:
+        messages, through = await in_sink_thread(emitter.collect)
+        if through is None:
+            return
+        sent = [await metrics.send(key=key, value=value) for key, value in messages]
+        await asyncio.gather(*sent)  # delivered (acks=all) before the progress is recorded: at least once
+        await in_sink_thread(emitter.mark_published, through)
+        if messages:
+            log.info(
+                "published %d window aggregates through %s",
+                len(messages),
+                time.strftime("%H:%M:%S", time.gmtime(through)),
+            )
 
     @app.timer(interval=settings.retention_interval_s, on_leader=True)  # type: ignore[untyped-decorator]
     async def retention() -> None:
