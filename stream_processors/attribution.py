@@ -228,9 +228,8 @@ class Attribution:
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = BusinessWindow(start, model, version, label)
-        items = tuple(map(sys.intern, ev.item_ids))  # popular items are candidates of many requests: one copy
-        if len(set(items)) != len(items):
-            items = tuple(dict.fromkeys(items))  # a repeated candidate is one impression
+        # popular items are candidates of many requests: one interned copy; a repeated candidate is one impression
+        items = tuple(dict.fromkeys(map(sys.intern, ev.item_ids)))
         p = self._predictions[request_id] = _Prediction(ev.event_id, received, window, items)
         heapq.heappush(self._by_time, (received, request_id))
         window.impressions += len(items)
