@@ -94,7 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
 
-    bench = sub.add_parser("bench", help="benchmarks")
+    detect = sub.add_parser(
+        "detect", help="score a NAB-style CSV (timestamp,value) row by row with an online anomaly detector"
+    )
+    detect.add_argument("--input", type=Path, required=True)
+    detect.add_argument("--output", type=Path, required=True, help="timestamp,value,anomaly_score (scores in [0, 1])")
+    detect.add_argument("--detector", default="seasonal_shift", help="a name from detection.DETECTORS")
+
+    bench = sub.add_parser("bench", help="benchmarks: serving, pipeline, nab")
     bench_sub = bench.add_subparsers(dest="suite", required=True)
     bench_serving = bench_sub.add_parser(
         "serving", add_help=False, help="recwatch vs KServe, MLServer and the raw signature call (--help for options)"
@@ -104,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pipeline", add_help=False, help="worker events/s and lag vs raw confluent-kafka and Quix Streams"
     )
     bench_pipeline.add_argument("args", nargs=argparse.REMAINDER)
+    bench_nab = bench_sub.add_parser("nab", add_help=False, help="NAB scores (three profiles) of the detectors")
+    bench_nab.add_argument("args", nargs=argparse.REMAINDER)
 
     demo = sub.add_parser("demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down")
     demo.add_argument("--requests", type=int, default=200)
@@ -121,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks.pipeline.run import main as bench_pipeline
 
         return bench_pipeline(argv[2:])
+    if argv[:2] == ["bench", "nab"]:
+        from benchmarks.nab.run import main as bench_nab
+
+        return bench_nab(argv[2:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for chatty in ("tensorflow", "absl"):  # SavedModel export and load narrate every step at INFO
@@ -345,7 +358,16 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_demo(settings, requests=args.requests, keep=args.keep)
 
 
-_COMMANDS = {"infra": _infra, "serve": _serve, "worker": _worker, "sql": _sql, "demo": _demo}
+def _detect(settings: Settings, args: argparse.Namespace) -> int:
+    from detection import DETECTORS, detect_file
+
+    if args.detector not in DETECTORS:
+        raise SystemExit(f"recwatch detect: unknown detector {args.detector!r} (known: {', '.join(sorted(DETECTORS))})")
+    detect_file(args.input, args.output, args.detector)
+    return 0
+
+
+_COMMANDS = {"infra": _infra, "serve": _serve, "worker": _worker, "sql": _sql, "demo": _demo, "detect": _detect}
 
 if __name__ == "__main__":
     sys.exit(main())

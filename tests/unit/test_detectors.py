@@ -1,0 +1,87 @@
+"""Contract checks run on every registered detector, plus detection of a spike and a level shift."""
+
+import math
+import pickle
+import random
+
+import pytest
+
+from detection import DETECTORS, Detector, detect_file, make_detector
+from detection.__main__ import main as detect_main
+
+STEP = 300.0  # 5-minute rows, as in most NAB files
+NAMES = sorted(DETECTORS)
+
+
+def _series(n: int, seed: int = 7) -> list[tuple[float, float]]:
+    """Daily seasonal signal plus noise."""
+    rng = random.Random(seed)
+    return [(1.4e9 + STEP * i, 50.0 + 10.0 * math.sin(2 * math.pi * i / 288) + rng.gauss(0.0, 1.0)) for i in range(n)]
+
+
+def _run(det: Detector, rows: list[tuple[float, float]]) -> list[float]:
+    return [det.update(ts, v) for ts, v in rows]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scores_are_in_unit_interval_and_warm_up_scores_zero(name: str) -> None:
+    rows = _series(800)
+    rows[600] = (rows[600][0], 1e6)  # a huge spike must not push a score to 1.0 or beyond
+    scores = _run(make_detector(name), rows)
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert scores[:100] == [0.0] * 100
+    assert scores[600] < 1.0 or name == "hst"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_look_ahead(name: str) -> None:
+    rows = _series(700)
+    altered = rows[:500] + [(ts, v * 3.0 + 100.0) for ts, v in rows[500:]]
+    assert _run(make_detector(name), rows)[:500] == _run(make_detector(name), altered)[:500]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pickle_round_trip_continues_identically(name: str) -> None:
+    rows = _series(900)
+    det = make_detector(name)
+    _run(det, rows[:600])
+    clone = pickle.loads(pickle.dumps(det))
+    assert _run(clone, rows[600:]) == _run(det, rows[600:])
+
+
+@pytest.mark.parametrize("name", ["seasonal_shift", "gaussian", "holtwinters", "residual", "likelihood"])
+def test_spike_scores_above_surrounding_noise(name: str) -> None:
+    rows = _series(1200)
+    ts, v = rows[1000]
+    rows[1000] = (ts, v + 40.0)
+    scores = _run(make_detector(name), rows)
+    # The likelihood averages the last raw scores, so the rows right after a spike stay high: skip them.
+    assert scores[1000] > max(scores[900:1000] + scores[1020:1100])
+
+
+def test_level_shift_scores_above_noise_before_it() -> None:
+    rows = _series(1500)
+    rows = rows[:1000] + [(ts, v + 30.0) for ts, v in rows[1000:]]
+    scores = _run(make_detector("seasonal_shift"), rows)
+    assert max(scores[1000:1012]) > max(scores[400:1000])
+
+
+def test_unknown_detector_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="seasonal_shift"):
+        make_detector("nope")
+
+
+def test_detect_file_writes_one_score_per_row(tmp_path) -> None:
+    src = tmp_path / "in.csv"
+    dst = tmp_path / "out.csv"
+    rows = _series(400)
+    src.write_text(
+        "timestamp,value\n"
+        + "".join(f"2014-02-14 {i // 12 % 24:02d}:{i % 12 * 5:02d}:00,{v}\n" for i, (_, v) in enumerate(rows))
+    )
+    assert detect_main(["--input", str(src), "--output", str(dst), "--detector", "seasonal_shift"]) == 0
+    lines = dst.read_text().splitlines()
+    assert lines[0] == "timestamp,value,anomaly_score"
+    assert len(lines) == 401
+    assert all(0.0 <= float(line.split(",")[2]) <= 1.0 for line in lines[1:])
+    assert detect_file(src, dst) == 400
