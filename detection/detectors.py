@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
+from itertools import islice
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["DETECTORS", "Detector", "make_detector"]
@@ -357,9 +358,12 @@ class SeasonalShiftDetector:
       (no season when a day is not a whole number of intervals): catches broken daily patterns;
     - the mean of the last ``short`` values: catches level shifts and bursts, averaging away single-row noise.
 
-    The larger z is squashed to [0, 1); a score that does not exceed a slowly decaying maximum of recent scores
-    (half-life ``half_life`` rows) is multiplied by ``damp``, so one event yields one high score, not a run of
-    them. Deviations are floored at 0.1 % of the observed range (near-constant series). ~10 µs/row.
+    Each feature scores only once its rolling stats hold ``warmup`` samples (the day-over-day difference starts a
+    day late, so it gets its own warm-up). The larger z is squashed to [0, 1); a score that does not exceed a
+    slowly decaying maximum of recent scores (half-life ``half_life`` rows) is multiplied by ``damp``, so one event
+    yields one high score, not a run of them. A score that does not exceed the largest score within ``short`` rows
+    of the same time one day earlier is damped too: an event that recurs daily (a nightly job) is part of the
+    pattern, not news. Deviations are floored at 0.1 % of the observed range (near-constant series). ~10 µs/row.
     """
 
     def __init__(
@@ -382,6 +386,8 @@ class SeasonalShiftDetector:
         self.warmup = warmup
         self.scale = scale
         self.recent_max = 0.0
+        self.jitter = short  # rows either side of "the same time yesterday" that count as the same phase
+        self.past_scores: deque[float] | None = None  # undamped scores of the last P + jitter scored rows
         self.n = 0
 
     def _infer_period(self, ts: float) -> None:
@@ -400,7 +406,10 @@ class SeasonalShiftDetector:
         lag = self.lag
         if lag is not None and lag.maxlen is not None and lag.maxlen > 1 and len(lag) == lag.maxlen:
             diff = value - lag[0]
-            z = self.season_diff.z(diff, floor)
+            # Like the detector as a whole, a feature scores only after ``warmup`` samples of its own: a std from a
+            # handful of day-over-day differences is far too small and turns the first ones into false alarms.
+            if len(self.season_diff.values) >= self.warmup:
+                z = self.season_diff.z(diff, floor)
         recent_mean = (sum(self.recent) + value) / (len(self.recent) + 1)
         z = max(z, self.level.z(recent_mean, floor))
         # Learn: everything above used only earlier rows.
@@ -415,7 +424,15 @@ class SeasonalShiftDetector:
         if self.n <= self.warmup:
             return 0.0
         score = _unit(z / self.scale)
-        out = score if score > self.recent_max else score * self.damp
+        reference = self.recent_max
+        if lag is not None and lag.maxlen is not None and lag.maxlen > 1:
+            past = self.past_scores
+            if past is None:
+                past = self.past_scores = deque(maxlen=lag.maxlen + self.jitter)
+            if len(past) == past.maxlen:  # past[0 .. 2 * jitter] = scores around the same time yesterday
+                reference = max(reference, max(islice(past, 0, 2 * self.jitter + 1)))
+            past.append(score)
+        out = score if score > reference else score * self.damp
         self.recent_max = max(self.recent_max * self.decay, score)
         return out
 

@@ -66,6 +66,23 @@ def test_level_shift_scores_above_noise_before_it() -> None:
     assert max(scores[1000:1012]) > max(scores[400:1000])
 
 
+def test_seasonal_shift_damps_a_spike_that_recurs_at_the_same_time_of_day() -> None:
+    rng = random.Random(3)
+    det = make_detector("seasonal_shift")
+    scores = [
+        det.update(300.0 * i, 10.0 + rng.gauss(0.0, 1.0) + (40.0 if i % 288 == 100 else 0.0)) for i in range(2000)
+    ]
+    first, repeat = scores[100 + 288], scores[100 + 288 * 2]  # the first scored spike (day 2), then day 3
+    assert repeat < 0.6 * first
+
+
+def test_seasonal_shift_day_over_day_feature_has_its_own_warm_up() -> None:
+    rng = random.Random(4)
+    det = make_detector("seasonal_shift")
+    scores = [det.update(300.0 * i, 10.0 + rng.gauss(0.0, 1.0)) for i in range(600)]
+    assert max(scores[288:450]) < 0.7  # the first day-over-day differences must not raise false alarms
+
+
 def test_unknown_detector_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="seasonal_shift"):
         make_detector("nope")
