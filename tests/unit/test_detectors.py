@@ -83,6 +83,22 @@ def test_seasonal_shift_day_over_day_feature_has_its_own_warm_up() -> None:
     assert max(scores[288:450]) < 0.7  # the first day-over-day differences must not raise false alarms
 
 
+def test_seasonal_shift_likelihood_credits_a_sustained_shift_over_noise() -> None:
+    """The likelihood blend lifts the (repeat-damped) rows of a lasting shift relative to the worst noise score."""
+    from detection.detectors import SeasonalShiftDetector
+
+    rng = random.Random(1)
+    rows = [(STEP * i, 10.0 + rng.gauss(0.0, 1.0) + (8.0 if i >= 1500 else 0.0)) for i in range(1600)]
+
+    def contrast(weight: float) -> float:
+        scores = _run(SeasonalShiftDetector(likelihood_weight=weight), rows)
+        assert all(0.0 <= s < 1.0 for s in scores)
+        return sum(scores[1502:1530]) / 28 / max(scores[200:1500])
+
+    assert contrast(0.2) > contrast(0.0) + 0.05
+    assert contrast(1.0) > contrast(0.2)
+
+
 def test_unknown_detector_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="seasonal_shift"):
         make_detector("nope")
