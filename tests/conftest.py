@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from recwatch.settings import Settings
+from store import Store
 from tests.ports import free_ports
 
 
@@ -64,17 +66,38 @@ def start_chdb_daemon(path: Path, timeout_s: float = 30.0) -> subprocess.Popen[b
     return proc
 
 
-@pytest.fixture(params=["chdb", pytest.param("clickhouse-server", marks=pytest.mark.clickhouse_server)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty store of each kind, reachable from several processes at once."""
-    if request.param == "chdb":
-        path = tmp_path / "chdb"
-        daemon = start_chdb_daemon(path)
+@contextlib.contextmanager
+def fresh_store_url(kind: str, directory: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty store of ``kind`` ("chdb": a daemon over ``directory``; else a new database on the
+    session's ClickHouse server)."""
+    if kind == "chdb":
+        daemon = start_chdb_daemon(directory)
         try:
-            yield f"chdb://{path}"
+            yield f"chdb://{directory}"
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)
     else:
         base = request.getfixturevalue("clickhouse_server_url")
         yield base.rsplit("/", 1)[0] + f"/t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["chdb", pytest.param("clickhouse-server", marks=pytest.mark.clickhouse_server)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty store of each kind, reachable from several processes at once."""
+    with fresh_store_url(request.param, tmp_path / "chdb", request) as url:
+        yield url
+
+
+@pytest.fixture
+def migrated_store(store_url: str) -> Iterator[Store]:
+    """``store_url``'s store, connected and migrated."""
+    from store import migrate, open_store
+
+    s = open_store(store_url)
+    s.connect()
+    migrate(s)
+    try:
+        yield s
+    finally:
+        s.close()

@@ -3,25 +3,17 @@ the rebuild's IN subqueries and argMax/maxIf aggregates)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from store import Store, migrate, open_store
+from store import Store
 from tests import feedback_sink_checks as checks
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.connect()
-    migrate(s)
-    try:
-        yield s
-    finally:
-        s.close()
+def store(migrated_store: Store) -> Store:
+    return migrated_store
 
 
 def test_ctr_per_model_version_and_label_canary_vs_stable(store: Store) -> None:

@@ -3,25 +3,17 @@ views merging sketches with ARRAY JOIN + quantilesExactWeighted, sumMap, sumForE
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from store import Store, migrate, open_store
+from store import Store
 from tests import window_aggregate_checks as checks
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url)
-    s.connect()
-    migrate(s)
-    try:
-        yield s
-    finally:
-        s.close()
+def store(migrated_store: Store) -> Store:
+    return migrated_store
 
 
 def test_percentiles_match_exact_ones_per_replica_and_rolled_up(store: Store) -> None:

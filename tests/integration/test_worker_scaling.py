@@ -27,7 +27,7 @@ from confluent_kafka.admin import AdminClient
 from schemas import InferenceEvent, OutputSummary, topics
 from store import migrate, open_store
 from stream_processors.sketch import LatencySketch
-from tests.conftest import start_chdb_daemon
+from tests.conftest import fresh_store_url
 from tests.integration.test_slice import Stack
 
 pytestmark = pytest.mark.integration
@@ -39,18 +39,11 @@ COLUMNS += "latency_max_us, late_events, score_mean"
 
 
 @pytest.fixture
-def second_store(store_url: str, tmp_path: Path) -> Iterator[str]:
+def second_store(store_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     """Another empty store of the same kind, for the one-worker reference."""
-    if store_url.startswith("chdb://"):
-        path = tmp_path / "chdb-reference"
-        daemon = start_chdb_daemon(path)
-        try:
-            yield f"chdb://{path}"
-        finally:
-            daemon.terminate()
-            daemon.wait(timeout=30)
-    else:
-        yield store_url.rsplit("/", 1)[0] + f"/t_{uuid.uuid4().hex[:12]}"
+    kind = "chdb" if store_url.startswith("chdb://") else "clickhouse-server"
+    with fresh_store_url(kind, tmp_path / "chdb-reference", request) as url:
+        yield url
 
 
 def _events(model: str) -> list[InferenceEvent]:
