@@ -44,6 +44,7 @@ from typing import Any
 
 from benchmarks.pipeline import stats
 from benchmarks.pipeline.stats import Row
+from benchmarks.serving.processes import cpu_of
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_HELP = """\
@@ -270,7 +271,7 @@ class Bench:
         broker_pid = _broker_pid(self.home) if self.kafka_managed else None
 
         def cpu() -> tuple[float, float, float]:
-            return worker.cpu_seconds(), daemon.cpu_seconds(), _cpu_of(broker_pid) if broker_pid else 0.0
+            return worker.cpu_seconds(), daemon.cpu_seconds(), cpu_of(broker_pid) if broker_pid else 0.0
 
         samples: list[tuple[float, int, tuple[float, float, float]]] = []
         profiler: subprocess.Popen[bytes] | None = None
@@ -436,15 +437,6 @@ def _broker_pid(home: Path) -> int | None:
 
     cluster = kafka.status(home)
     return cluster.nodes[0].pid if cluster and cluster.nodes else None
-
-
-def _cpu_of(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -44,7 +44,7 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU of every live process in this server's process group."""
-        return sum(_cpu_of(pid) for pid in _group_members(self.pid))
+        return sum(cpu_of(pid) for pid in _group_members(self.pid))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM the process group, SIGKILL what is left after ``timeout_s``; reap the leader."""
@@ -154,7 +154,8 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def _cpu_of(pid: int) -> float:
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; 0 once it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
