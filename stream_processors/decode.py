@@ -43,13 +43,7 @@ def decode_inference(value: bytes | None, now_us: int | None = None) -> Inferenc
         return "missing_event_id"
     if not event.model:
         return "missing_model"
-    if event.received_us <= 0:
-        return "missing_received_us"
-    if event.received_us < EARLIEST_US:
-        return "received_us_too_old"
-    if event.received_us > (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US:
-        return "received_us_in_future"
-    return event
+    return _implausible_time("received_us", event.received_us, now_us) or event
 
 
 _BEHAVIORS: Final = frozenset(FeedbackEvent.Behavior.values()) - {FeedbackEvent.BEHAVIOR_UNSPECIFIED}
@@ -77,10 +71,15 @@ def decode_feedback(value: bytes | None, now_us: int | None = None) -> FeedbackE
         return "missing_item_id"
     if event.behavior not in _BEHAVIORS:
         return "missing_behavior" if event.behavior == FeedbackEvent.BEHAVIOR_UNSPECIFIED else "unknown_behavior"
-    if event.ts_us <= 0:
-        return "missing_ts_us"
-    if event.ts_us < EARLIEST_US:
-        return "ts_us_too_old"
-    if event.ts_us > (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US:
-        return "ts_us_in_future"
-    return event
+    return _implausible_time("ts_us", event.ts_us, now_us) or event
+
+
+def _implausible_time(field: str, us: int, now_us: int | None) -> str:
+    """Why an event time cannot be used (missing, before 2000, a day or more ahead), or "" when it can."""
+    if us <= 0:
+        return f"missing_{field}"
+    if us < EARLIEST_US:
+        return f"{field}_too_old"
+    if us > (time.time_ns() // 1000 if now_us is None else now_us) + MAX_FUTURE_US:
+        return f"{field}_in_future"
+    return ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from schemas import InferenceEvent
 from store.base import Store
@@ -62,6 +63,26 @@ class WindowState:
             latency=self.latency.copy(),
             score_hist=list(self.score_hist),
         )
+
+    def merge(self, other: WindowState) -> None:
+        """Fold another partial row of the same window in (another partition or replica)."""
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_sum_us += other.latency_sum_us
+        self.latency_max_us = max(self.latency_max_us, other.latency_max_us)
+        for code, n in other.errors_by_code.items():
+            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + n
+        self.latency.merge(other.latency)
+        self.queue_sum_us += other.queue_sum_us
+        self.compute_sum_us += other.compute_sum_us
+        self.batch_size_sum += other.batch_size_sum
+        self.rows_sum += other.rows_sum
+        self.cache_hits += other.cache_hits
+        self.score_count += other.score_count
+        self.score_sum += other.score_sum
+        self.score_sumsq += other.score_sumsq
+        self.score_hist = [a + b for a, b in zip(self.score_hist, other.score_hist, strict=True)]
+        self.late_events += other.late_events
 
     def add(self, ev: InferenceEvent) -> None:
         """Fold one on-time event in (the caller sets ``last_offset``)."""
@@ -266,10 +287,10 @@ class InferenceSink:
         starts = ", ".join(str(s) for s in sorted({k[0] for k in missing}))
         partitions = ", ".join(str(p) for p in sorted({k[5] for k in missing}))
         rows = self.store.query(
-            f"SELECT {', '.join(_STATE_SELECT)} FROM inference_metrics_10s_parts FINAL "
+            f"SELECT {', '.join(STATE_SELECT)} FROM inference_metrics_10s_parts FINAL "
             f"WHERE toUInt32(window_start) IN ({starts}) AND kafka_partition IN ({partitions})"
         ).rows
-        stored = {_key_of_row(r): _state_of_row(r) for r in rows}
+        stored = {key_of_row(r): state_of_row(r) for r in rows}
         for key in missing:
             self._windows[key] = stored.get(key) or WindowState()
 
@@ -394,36 +415,37 @@ _STATE_COLUMNS = (
     "producer_dropped",
     "producer_spooled",
 )
-_STATE_SELECT = ("toUInt32(window_start)", *_KEY_COLUMNS[1:], *_STATE_COLUMNS)
+STATE_SELECT = ("toUInt32(window_start)", *_KEY_COLUMNS[1:], *_STATE_COLUMNS)
 
 
-def _key_of_row(r: Sequence[object]) -> WindowKey:
-    return (int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]))  # type: ignore[call-overload]
+def key_of_row(r: Sequence[Any]) -> WindowKey:
+    """The key of a row selected with :data:`STATE_SELECT`."""
+    return (int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]))
 
 
-def _state_of_row(r: Sequence[object]) -> WindowState:
+def state_of_row(r: Sequence[Any]) -> WindowState:
+    """The state of a row selected with :data:`STATE_SELECT`."""
     v = dict(zip(_STATE_COLUMNS, r[len(_KEY_COLUMNS) :], strict=True))
-    hist = [int(x) for x in v["score_hist"]] or [0] * SCORE_BINS  # type: ignore[attr-defined]
     return WindowState(
-        requests=int(v["requests"]),  # type: ignore[call-overload]
-        errors=int(v["errors"]),  # type: ignore[call-overload]
-        latency_sum_us=int(v["latency_sum_us"]),  # type: ignore[call-overload]
-        latency_max_us=int(v["latency_max_us"]),  # type: ignore[call-overload]
-        last_offset=int(v["last_offset"]),  # type: ignore[call-overload]
-        errors_by_code={int(c): int(n) for c, n in zip(v["error_codes"], v["error_counts"], strict=True)},  # type: ignore[call-overload]
-        latency=LatencySketch.from_arrays(list(v["latency_keys"]), list(v["latency_counts"])),  # type: ignore[call-overload]
-        queue_sum_us=int(v["queue_sum_us"]),  # type: ignore[call-overload]
-        compute_sum_us=int(v["compute_sum_us"]),  # type: ignore[call-overload]
-        batch_size_sum=int(v["batch_size_sum"]),  # type: ignore[call-overload]
-        rows_sum=int(v["rows_sum"]),  # type: ignore[call-overload]
-        cache_hits=int(v["cache_hits"]),  # type: ignore[call-overload]
-        score_count=int(v["score_count"]),  # type: ignore[call-overload]
-        score_sum=float(v["score_sum"]),  # type: ignore[arg-type]
-        score_sumsq=float(v["score_sumsq"]),  # type: ignore[arg-type]
-        score_hist=hist,
-        late_events=int(v["late_events"]),  # type: ignore[call-overload]
-        producer_dropped=int(v["producer_dropped"]),  # type: ignore[call-overload]
-        producer_spooled=int(v["producer_spooled"]),  # type: ignore[call-overload]
+        requests=int(v["requests"]),
+        errors=int(v["errors"]),
+        latency_sum_us=int(v["latency_sum_us"]),
+        latency_max_us=int(v["latency_max_us"]),
+        last_offset=int(v["last_offset"]),
+        errors_by_code={int(c): int(n) for c, n in zip(v["error_codes"], v["error_counts"], strict=True)},
+        latency=LatencySketch.from_arrays(list(v["latency_keys"]), list(v["latency_counts"])),
+        queue_sum_us=int(v["queue_sum_us"]),
+        compute_sum_us=int(v["compute_sum_us"]),
+        batch_size_sum=int(v["batch_size_sum"]),
+        rows_sum=int(v["rows_sum"]),
+        cache_hits=int(v["cache_hits"]),
+        score_count=int(v["score_count"]),
+        score_sum=float(v["score_sum"]),
+        score_sumsq=float(v["score_sumsq"]),
+        score_hist=[int(x) for x in v["score_hist"]] or [0] * SCORE_BINS,
+        late_events=int(v["late_events"]),
+        producer_dropped=int(v["producer_dropped"]),
+        producer_spooled=int(v["producer_spooled"]),
     )
 
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from schemas import WindowAggregate
 from store.base import Store
-from stream_processors.inference_sink import _STATE_SELECT, WindowState, _key_of_row, _state_of_row
+from stream_processors.inference_sink import STATE_SELECT, WindowState, key_of_row, state_of_row
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,6 @@ STREAM = "inference_10s"
 _US = 1_000_000
 
 Message = tuple[bytes, bytes]  # (key, value) for the metrics topic
-
-
-def merge(into: WindowState, other: WindowState) -> None:
-    """Fold ``other`` into ``into`` (partial rows of one series, or series rolled up)."""
-    into.requests += other.requests
-    into.errors += other.errors
-    into.latency_sum_us += other.latency_sum_us
-    into.latency_max_us = max(into.latency_max_us, other.latency_max_us)
-    for code, n in other.errors_by_code.items():
-        into.errors_by_code[code] = into.errors_by_code.get(code, 0) + n
-    into.latency.merge(other.latency)
-    into.queue_sum_us += other.queue_sum_us
-    into.compute_sum_us += other.compute_sum_us
-    into.batch_size_sum += other.batch_size_sum
-    into.rows_sum += other.rows_sum
-    into.cache_hits += other.cache_hits
-    into.score_count += other.score_count
-    into.score_sum += other.score_sum
-    into.score_sumsq += other.score_sumsq
-    into.score_hist = [a + b for a, b in zip(into.score_hist, other.score_hist, strict=True)]
-    into.late_events += other.late_events
 
 
 def aggregate_message(
@@ -126,7 +105,7 @@ class WindowEmitter:
         if last_start <= through:
             return [], None
         rows = self.store.query(
-            f"SELECT {', '.join(_STATE_SELECT)} FROM inference_metrics_10s_parts FINAL "
+            f"SELECT {', '.join(STATE_SELECT)} FROM inference_metrics_10s_parts FINAL "
             f"WHERE toUInt32(window_start) > {through} AND toUInt32(window_start) <= {last_start}"
         ).rows
         messages = []
@@ -167,12 +146,12 @@ def _series(rows: Iterable[tuple[object, ...]]) -> dict[tuple[int, str, int, str
     """Partial rows merged per (window, model, version, label, replica), plus the roll-up (replica "")."""
     out: dict[tuple[int, str, int, str, str], WindowState] = {}
     for row in rows:
-        start, model, version, label, replica, _partition = _key_of_row(row)
-        part = _state_of_row(row)
+        start, model, version, label, replica, _partition = key_of_row(row)
+        part = state_of_row(row)
         for key in ((start, model, version, label, replica), (start, model, version, label, "")):
             state = out.get(key)
             if state is None:
                 out[key] = part.copy()
             else:
-                merge(state, part)
+                state.merge(part)
     return out

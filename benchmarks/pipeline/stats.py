@@ -31,20 +31,6 @@ class Row:
         return self.events / self.cpu_s if self.cpu_s else None
 
 
-def steady_rate(samples: Sequence[tuple[float, int]], total: int) -> tuple[int, float]:
-    """(events, seconds) from the first sample with progress to the first that reached ``total``.
-
-    ``samples`` are (time, events done so far) in time order. What was done by the first sample with any
-    progress is left out with the time before it, so start-up (group join, first fetch) does not count.
-    Raises ValueError when ``total`` was never reached or only one sample shows progress.
-    """
-    started = next(((t, n) for t, n in samples if n > 0), None)
-    done = next(((t, n) for t, n in samples if n >= total), None)
-    if started is None or done is None or done[0] <= started[0]:
-        raise ValueError(f"not enough progress samples to reach {total} events")
-    return total - started[1], done[0] - started[0]
-
-
 def visibility_lags(sent: Sequence[Sent], polls: Sequence[tuple[float, Mapping[int, int]]]) -> list[float]:
     """Seconds from each event's produce call to the first poll that saw it in the store.
 

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from benchmarks.pipeline.events import CANDIDATES, ROUTES, Sent, synthetic_events
-from benchmarks.pipeline.stats import Row, format_table, percentile, steady_rate, visibility_lags
+from benchmarks.pipeline.stats import Row, format_table, percentile, visibility_lags
 from schemas import InferenceEvent
 
 
@@ -31,13 +31,6 @@ def test_synthetic_events_decode_with_the_server_shape() -> None:
     received = [e.received_us for e in events]
     assert end_us - 61_000_000 < min(received) and max(received) <= end_us
     assert pairs == list(synthetic_events(2000, seed=3, end_us=end_us, span_s=60))  # deterministic per seed
-
-
-def test_steady_rate_leaves_out_start_up() -> None:
-    samples = [(0.0, 0), (5.0, 0), (5.5, 1000), (6.5, 11_000), (7.5, 21_000)]
-    assert steady_rate(samples, 21_000) == (20_000, 2.0)
-    with pytest.raises(ValueError):
-        steady_rate(samples, 30_000)
 
 
 def test_visibility_lags_take_the_first_poll_covering_each_offset() -> None:
