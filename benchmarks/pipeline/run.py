@@ -10,7 +10,8 @@ ahead (``events.py``), read in turn by consumers of their own groups:
   keeps windows in its own state and writes nothing to ClickHouse.
 
 Rates leave start-up out: the raw consumers are timed from their first batch, the worker from the moment
-its consumer group owns every partition, to the last event (visible in the store, for the worker). Then, with the worker still running, ``--lag-seconds`` of new
+its consumer group owns every partition, to the last event (visible in the store, for the worker). Then,
+with the worker still running, ``--lag-seconds`` of new
 events are produced at a fixed rate (default half the worker's measured rate, at most 20,000/s) and each
 event's end-to-end lag is the time from its ``produce()`` call to the first store poll (every
 ``--poll-interval`` s) whose highest stored offset of its partition covers it: an upper bound, coarse by
