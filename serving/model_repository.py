@@ -65,6 +65,8 @@ class Signature:
     def output_names(self) -> list[str]:
         return list(self.outputs)
 
+    _flat: _FlatCall | None = field(default=None, repr=False, compare=False)
+
     def __call__(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Run the signature on validated inputs.
 
@@ -74,13 +76,63 @@ class Signature:
         import tensorflow as tf
 
         try:
-            # Converting first is ~90 µs faster than letting the function convert numpy arguments.
-            result = self._fn(**{name: tf.constant(array) for name, array in inputs.items()})
+            flat = self._flat
+            if flat is not None and flat.accepts(inputs):
+                result = flat(inputs)
+            else:
+                # Converting first is ~90 µs faster than letting the function convert numpy arguments.
+                result = self._fn(**{name: tf.constant(array) for name, array in inputs.items()})
         except tf.errors.InvalidArgumentError as exc:
             raise InvalidRequestError(f"signature {self.name!r} rejected the inputs: {exc.message}") from exc
         except Exception as exc:
             raise ModelExecutionError(f"signature {self.name!r} failed: {exc}") from exc
         return {name: tensor.numpy() for name, tensor in result.items()}
+
+
+class _FlatCall:
+    """Calls a loaded signature function below its keyword-argument layer.
+
+    ``ConcreteFunction.__call__`` spends ~70 µs per call (on the benchmark's machine, of ~210 µs for a
+    32-row DCN call) binding keyword arguments to its structured signature and checking them. The
+    server has already checked every input against the SignatureDef (name, dtype, shape), so it passes
+    the tensors in the function's own flat order (its keyword arguments sorted by name, as ``tf.nest``
+    flattens a dict) straight to ``_call_flat``. Built only for functions whose inputs are plain keyword
+    tensors; :meth:`accepts` sends anything else (another dtype, another set of names) the public way.
+    """
+
+    __slots__ = ("_call", "_captured", "_constant", "_dtypes", "_names")
+
+    def __init__(self, fn: Any) -> None:
+        import tensorflow as tf
+
+        args, kwargs = fn.structured_input_signature
+        if args or not isinstance(kwargs, Mapping) or not kwargs:
+            raise TypeError("not a keyword-only signature")
+        if not all(type(spec) is tf.TensorSpec for spec in kwargs.values()):
+            raise TypeError("composite or nested inputs")
+        self._names = tuple(sorted(kwargs))
+        self._dtypes = {name: kwargs[name].dtype.as_numpy_dtype for name in self._names}
+        self._call = fn._call_flat
+        self._captured = fn.captured_inputs
+        self._constant = tf.constant
+
+    @classmethod
+    def of(cls, fn: Any) -> _FlatCall | None:
+        """The flat caller of ``fn``, or None where this TensorFlow or this function has no such layer."""
+        try:
+            return cls(fn)
+        except Exception:  # private API: any surprise means "use the public call"
+            return None
+
+    def accepts(self, inputs: Mapping[str, npt.NDArray[Any]]) -> bool:
+        dtypes = self._dtypes
+        return len(inputs) == len(dtypes) and all(
+            (want := dtypes.get(name)) is not None and array.dtype == want for name, array in inputs.items()
+        )
+
+    def __call__(self, inputs: Mapping[str, npt.NDArray[Any]]) -> Any:
+        constant = self._constant
+        return self._call([constant(inputs[name]) for name in self._names], self._captured)
 
 
 @dataclass(frozen=True)
@@ -145,6 +197,7 @@ def load_version(path: Path, *, model_name: str | None = None) -> LoadedModel:
             outputs={k: TensorSpec.from_proto(v.dtype, v.tensor_shape) for k, v in sorted(sig_def.outputs.items())},
             _fn=fn,
             method_name=sig_def.method_name or "tensorflow/serving/predict",
+            _flat=_FlatCall.of(fn),
         )
     return LoadedModel(
         name=name,

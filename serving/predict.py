@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HEAD_VALUES: Final = 64  # OutputSummary.head and InferenceEvent.item_ids keep at most this many values
 _U32_MAX: Final = 2**32 - 1
+_SMALL_OUTPUT: Final = 256
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -263,7 +264,17 @@ def _select_outputs(signature: Signature, output_filter: Sequence[str]) -> list[
 def _output_summary(name: str, array: npt.NDArray[Any]) -> OutputSummary:
     flat = array.ravel()
     summary = OutputSummary(name=name, count=min(flat.size, _U32_MAX))
-    if flat.size and flat.dtype.kind in "biuf":
+    if flat.size <= _SMALL_OUTPUT and flat.size and flat.dtype.kind in "biuf":
+        # a ranking request's scores: Python's sum/min/max on a list beat numpy's reductions below ~256 values
+        values = flat.tolist()
+        total = sum(values)
+        summary.mean = total / len(values)
+        if total == total:
+            summary.min, summary.max = min(values), max(values)
+        else:  # a NaN (or inf - inf): numpy's NaN-propagating min and max, not Python's order-dependent ones
+            summary.min, summary.max = float(flat.min()), float(flat.max())
+        summary.head.extend(values[:HEAD_VALUES] if flat.dtype.kind == "f" else map(float, values[:HEAD_VALUES]))
+    elif flat.size and flat.dtype.kind in "biuf":
         summary.mean = float(flat.mean(dtype=np.float64))
         summary.min = float(flat.min())
         summary.max = float(flat.max())

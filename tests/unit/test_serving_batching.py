@@ -452,3 +452,21 @@ def test_execute_blocks_callers_until_their_batch_ran(make: Make) -> None:
     assert fake.batch_rows == [4]
     for i, x in enumerate(inputs):
         assert_answers(results[i], x)
+
+
+def test_a_pending_answer_times_out_then_arrives_and_can_be_read_twice() -> None:
+    from serving.batching import Pending
+
+    pending = Pending()
+    assert not pending.done()
+    with pytest.raises(TimeoutError):
+        pending.result(0.01)
+    execution = Execution({"scores": np.zeros(1, np.float32)}, batch_size=1)
+    pending.set_result(execution)
+    assert pending.done()
+    assert pending.result(WAIT_S) is execution and pending.result() is execution
+    failed = Pending()
+    failed.set_exception(ModelExecutionError("boom"))
+    for _ in range(2):
+        with pytest.raises(ModelExecutionError, match="boom"):
+            failed.result(WAIT_S)
