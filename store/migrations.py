@@ -326,12 +326,97 @@ def _metrics_emitted(f: Features) -> list[str]:
     ]
 
 
+def _alerting_tables(f: Features) -> list[str]:
+    """Anomalies from the online detectors, the alerts made of them, their deliveries to receivers and the
+    detectors' checkpoints (issue 5; ``detection/``, ``alerting/``). Rows whose state changes (an alert that
+    resolves, a delivery that is retried) are written again with a larger ``updated_us``: read them ``FINAL``
+    (or ``argMax(..., updated_us)``) to see the latest state."""
+    lc = f.low_cardinality
+    anomalies = f"""
+CREATE TABLE IF NOT EXISTS anomalies (
+    ts DateTime DEFAULT toDateTime(intDiv(ts_us, 1000000)),
+    ts_us Int64,
+    anomaly_id String,
+    metric {lc("String")},
+    model {lc("String")},
+    version Int64,
+    label {lc("String")},
+    replica {lc("String")},
+    value Float64,
+    score Float64,
+    threshold Float64,
+    detector {lc("String")},
+    detected_us Int64
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(ts)
+ORDER BY (model, version, label, metric, replica, ts_us, anomaly_id)
+{f.ttl_clause(f"ts + INTERVAL {METRICS_RETENTION_DAYS} DAY")}
+"""
+    alerts = f"""
+CREATE TABLE IF NOT EXISTS alerts (
+    starts_at DateTime DEFAULT toDateTime(intDiv(starts_at_us, 1000000)),
+    starts_at_us Int64,
+    ends_at_us Int64,
+    fingerprint String,
+    status {lc("String")},
+    severity {lc("String")},
+    alertname {lc("String")},
+    model {lc("String")},
+    version Int64,
+    label {lc("String")},
+    metric {lc("String")},
+    label_names Array(String),
+    label_values Array(String),
+    annotation_names Array(String),
+    annotation_values Array(String),
+    anomaly_ids Array(String),
+    updated_us Int64
+) ENGINE = ReplacingMergeTree(updated_us)
+PARTITION BY toYYYYMM(starts_at)
+ORDER BY (fingerprint, starts_at_us)
+{f.ttl_clause(f"starts_at + INTERVAL {METRICS_RETENTION_DAYS} DAY")}
+"""
+    deliveries = f"""
+CREATE TABLE IF NOT EXISTS alert_deliveries (
+    created DateTime DEFAULT toDateTime(intDiv(created_us, 1000000)),
+    created_us Int64,
+    delivery_id String,
+    receiver {lc("String")},
+    group_key String,
+    status {lc("String")},
+    payload String,
+    state {lc("String")},
+    attempts UInt32,
+    next_attempt_us Int64,
+    last_error String,
+    delivered_us Int64,
+    updated_us Int64
+) ENGINE = ReplacingMergeTree(updated_us)
+PARTITION BY toYYYYMM(created)
+ORDER BY (receiver, delivery_id)
+{f.ttl_clause(f"created + INTERVAL {METRICS_RETENTION_DAYS} DAY")}
+"""
+    checkpoints = """
+CREATE TABLE IF NOT EXISTS detector_checkpoints (
+    series String,
+    detector String,
+    through_us Int64,
+    state String,
+    updated_us Int64
+) ENGINE = ReplacingMergeTree(updated_us)
+PARTITION BY tuple()
+ORDER BY series
+"""
+    return [anomalies, alerts, deliveries, checkpoints]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inference events and 10 s metrics", _inference_tables),
     Migration(2, "latency sketches, errors by status, scores, late events; 1 min views", _window_aggregates),
     Migration(3, "feedback events, business metrics per 1 min, unattributed feedback", _feedback_tables),
     Migration(4, "event loggers' dropped and spooled totals per replica and window", _producer_totals),
     Migration(5, "progress of the closed windows published on the metrics topic", _metrics_emitted),
+    Migration(6, "anomalies, alerts, alert deliveries, detector checkpoints", _alerting_tables),
 )
 
 

@@ -90,6 +90,9 @@ RULES: tuple[RetentionRule, ...] = (
     RetentionRule("feedback_events", DAY, EVENTS_RETENTION_DAYS),
     RetentionRule("business_metrics_1m_parts", MONTH, METRICS_RETENTION_DAYS),
     RetentionRule("feedback_unattributed_parts", MONTH, METRICS_RETENTION_DAYS),
+    RetentionRule("anomalies", MONTH, METRICS_RETENTION_DAYS),
+    RetentionRule("alerts", MONTH, METRICS_RETENTION_DAYS),
+    RetentionRule("alert_deliveries", MONTH, METRICS_RETENTION_DAYS),
 )
 
 
