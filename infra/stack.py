@@ -1,7 +1,8 @@
 """``recwatch infra up | down | status``: the whole local stack, recorded in ``$RECWATCH_HOME/infra.json``.
 
 Other commands resolve Kafka and the store through ``bootstrap_servers`` and ``store_url``: the environment
-(``RECWATCH_KAFKA``, ``RECWATCH_STORE``) wins, then what ``up`` recorded, then the embedded default.
+(``RECWATCH_KAFKA``, ``RECWATCH_STORE``) wins, then what ``up`` recorded, then the embedded default. The
+Alertmanager that ``up`` starts is found through ``alertmanager_url``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from infra import clickhouse_server, kafka, processes
-from infra.errors import InfraError, StartupError
+from infra import alertmanager, clickhouse_server, kafka, processes
+from infra.errors import InfraError, MissingToolError, StartupError
 from recwatch.settings import Settings
 from schemas import topics
 from store import migrate, open_store, parse_store_url
@@ -30,6 +31,7 @@ class StackRecord:
     brokers: int
     store_url: str
     store_kind: str  # "chdb-daemon", "clickhouse-server" (started by us) or "external"
+    alertmanager_url: str = ""  # "" when none was started (and in infra.json files from before Alertmanager)
 
 
 def _record_path(settings: Settings) -> Path:
@@ -59,6 +61,14 @@ def store_url(settings: Settings) -> str:
         return settings.store
     record = read_record(settings)
     return record.store_url if record is not None else settings.default_store_url
+
+
+def alertmanager_url(settings: Settings) -> str | None:
+    """The Alertmanager ``up`` started (``http://127.0.0.1:<port>``), or None if it started none."""
+    record = read_record(settings)
+    if record is None or not record.alertmanager_url:
+        return None
+    return record.alertmanager_url
 
 
 def ensure_recwatch_topics(settings: Settings, bootstrap: str) -> None:
@@ -117,7 +127,15 @@ def up(settings: Settings, *, brokers: int = 1, store_kind: StoreKind = "embedde
         store.close()
     if applied:
         log(f"store: applied migrations {applied}")
-    record = StackRecord(bootstrap, managed, brokers, url, kind)
+
+    try:
+        manager = alertmanager.start(settings.home, settings.alertmanager_port)
+        am_url = manager.url
+        log(f"alertmanager {manager.version}: {am_url} (pid {manager.pid})")
+    except MissingToolError as exc:  # no root to install it: the rest of the stack still works
+        am_url = ""
+        log(f"alertmanager: not started: {exc}")
+    record = StackRecord(bootstrap, managed, brokers, url, kind, am_url)
     _record_path(settings).write_text(json.dumps(asdict(record), indent=2) + "\n")
     return record
 
@@ -152,6 +170,8 @@ def _start_chdb_daemon(settings: Settings, url: str, timeout_s: float = 30.0) ->
 
 def down(settings: Settings, log: Any = print) -> None:
     """Stop what ``up`` started (by pid file), never anything else. Data stays in ``$RECWATCH_HOME``."""
+    if alertmanager.stop(settings.home):
+        log("alertmanager stopped")
     if processes.stop(_daemon_pid_file(settings)):
         log("store: chDB daemon stopped")
     if clickhouse_server.stop(settings.home):
@@ -167,6 +187,7 @@ def status(settings: Settings) -> dict[str, Any]:
     cluster = kafka.status(settings.home)
     server = clickhouse_server.status(settings.home)
     daemon = processes.read(_daemon_pid_file(settings))
+    manager = alertmanager.status(settings.home)
     return {
         "home": str(settings.home),
         "kafka": {
@@ -185,4 +206,9 @@ def status(settings: Settings) -> dict[str, Any]:
                 {"pid": server.pid, "version": server.version, "port": server.port} if server else None
             ),
         },
+        "alertmanager": (
+            {"url": manager.url, "pid": manager.pid, "version": manager.version, "port": manager.port}
+            if manager
+            else None
+        ),
     }

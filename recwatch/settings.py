@@ -20,6 +20,7 @@ ENV_VARS: dict[str, str] = {
     "RECWATCH_KAFKA_PORT": "first broker port of the local cluster (default 9092; broker i uses port+2i "
     "and port+2i+1 for its controller)",
     "RECWATCH_CLICKHOUSE_PORT": "native TCP port of the local ClickHouse server (default 19000; HTTP uses port+1)",
+    "RECWATCH_ALERTMANAGER_PORT": "port of the local Prometheus Alertmanager `infra up` starts (default 19093)",
     "RECWATCH_TOPIC_PARTITIONS": "partitions of the topics `infra up` creates (default 6)",
     "RECWATCH_REPLICA": "replica id written into every inference event (default: <hostname>-<port>)",
 }
@@ -35,6 +36,7 @@ class Settings:
     cache: Path = field(default_factory=lambda: Path.home() / ".cache" / "recwatch")
     kafka_port: int = 9092
     clickhouse_port: int = 19000
+    alertmanager_port: int = 19093
     topic_partitions: int = 6
     replica: str | None = None
 
@@ -50,6 +52,7 @@ class Settings:
             cache=cache.absolute(),
             kafka_port=_int(env, "RECWATCH_KAFKA_PORT", 9092),
             clickhouse_port=_int(env, "RECWATCH_CLICKHOUSE_PORT", 19000),
+            alertmanager_port=_int(env, "RECWATCH_ALERTMANAGER_PORT", 19093),
             topic_partitions=_int(env, "RECWATCH_TOPIC_PARTITIONS", 6),
             replica=env.get("RECWATCH_REPLICA") or None,
         )

@@ -53,6 +53,18 @@ def clickhouse_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         clickhouse_server.stop(home)
 
 
+@pytest.fixture(scope="session")
+def alertmanager_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from infra import alertmanager
+
+    home = tmp_path_factory.mktemp("alertmanager-home")
+    server = alertmanager.start(home, free_ports(1))
+    try:
+        yield server.url
+    finally:
+        alertmanager.stop(home)
+
+
 def start_chdb_daemon(path: Path, timeout_s: float = 30.0) -> subprocess.Popen[bytes]:
     from store.daemon import find_daemon
 
