@@ -27,6 +27,8 @@ from collections.abc import Callable
 from itertools import islice
 from typing import Any, Protocol, runtime_checkable
 
+from detection.live import LiveDetector
+
 __all__ = ["DETECTORS", "Detector", "make_detector"]
 
 
@@ -455,6 +457,7 @@ DETECTORS: dict[str, Callable[[], Detector]] = {
     "gaussian": GaussianDetector,
     "holtwinters": HoltWintersDetector,
     "hst": HalfSpaceTreesDetector,
+    "live": LiveDetector,  # live 10 s / 1 min windows: warm-up 8 (detection/live.py)
 }
 
 

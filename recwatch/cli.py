@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--group", default="recwatch-worker", help="Kafka consumer group (Faust app id)")
 
+    alerter = sub.add_parser(
+        "alerter", help="detect anomalies on every monitored series and turn them into alerts (docs/detection.md)"
+    )
+    alerter.add_argument("--group", default="recwatch-alerter", help="Kafka consumer group; names its checkpoint")
+    alerter.add_argument("--threshold", type=float, default=0.9, help="anomaly score that fires an alert (0-1)")
+    alerter.add_argument(
+        "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
+    )
+
     sql = sub.add_parser("sql", help="run SQL against the store (works while workers run)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -306,6 +315,39 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _alerter(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from alerting.service import AlertService, LoggingNotifier
+    from infra import stack
+    from store import migrate, open_store
+
+    bootstrap = stack.bootstrap_servers(settings)
+    stack.ensure_recwatch_topics(settings, bootstrap)
+    store = open_store(stack.store_url(settings))
+    store.connect()
+    migrate(store)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    timer = threading.Timer(args.once_seconds or 0.0, stop.set)
+    timer.daemon = True
+    if args.once_seconds is not None:
+        timer.start()
+    service = AlertService(
+        store, bootstrap, notifiers=[LoggingNotifier()], group_id=args.group, threshold=args.threshold
+    )
+    try:
+        service.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        timer.cancel()
+        store.close()
+    logging.getLogger("recwatch.alerter").info("stopped: %s", service.stats)
+    return 0
+
+
 def _sql(settings: Settings, args: argparse.Namespace) -> int:
     from infra import stack
     from store import open_store
@@ -367,7 +409,15 @@ def _detect(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"infra": _infra, "serve": _serve, "worker": _worker, "sql": _sql, "demo": _demo, "detect": _detect}
+_COMMANDS = {
+    "infra": _infra,
+    "serve": _serve,
+    "worker": _worker,
+    "alerter": _alerter,
+    "sql": _sql,
+    "demo": _demo,
+    "detect": _detect,
+}
 
 if __name__ == "__main__":
     sys.exit(main())
