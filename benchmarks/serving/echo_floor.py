@@ -4,7 +4,10 @@ Starts a grpcio sync server of ``tensorflow.serving.PredictionService/Predict`` 
 canned 32-score ``PredictResponse`` without decoding the request or calling a model (pinned to core 0, as the
 benchmark's servers), and drives it with the benchmark's own load generator (core 1) at 32 rows and 1 and 8
 requests in flight. What it answers is the most any server on grpcio's Python stack can answer with this
-generator; ``docs/benchmarks.md`` uses it to show why 2x KServe at one request in flight is out of reach.
+generator. With ``--model-dir DIR`` (a SavedModel version directory) the handler also calls the model on one
+pre-decoded 32-row request (``serving.model_repository``'s flat call) before answering: the cost of the model
+call inside a gRPC handler, without recwatch's decoding and accounting. ``docs/benchmarks.md`` uses both to
+show where a round trip goes at one request in flight.
 """
 
 from __future__ import annotations
@@ -14,14 +17,14 @@ import json
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from benchmarks.serving import processes
 from benchmarks.serving.loadgen import REPLY_PREFIX
 
 
-def serve(port: int) -> None:
+def serve(port: int, model_dir: Path | None = None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
@@ -34,8 +37,11 @@ def serve(port: int) -> None:
     scores.tensor_shape.dim.add(size=32)
     scores.float_val.extend([0.5] * 32)
     body: bytes = response.SerializeToString()
+    compute = _model_call(model_dir) if model_dir is not None else None
 
     def predict(request: bytes, context: object) -> bytes:
+        if compute is not None:
+            compute()
         return body
 
     handler = grpc.method_handlers_generic_handler(
@@ -48,22 +54,38 @@ def serve(port: int) -> None:
     server.wait_for_termination()
 
 
+def _model_call(model_dir: Path) -> Callable[[], object]:
+    from benchmarks.serving.workload import make_pool
+    from serving.model_repository import load_version
+
+    signature = load_version(model_dir, model_name="echo").signature()
+    inputs = make_pool(32)[0]
+    for _ in range(100):  # warm up, as the servers are before they are measured
+        signature(inputs)
+    return lambda: signature(inputs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serving.echo_floor", description=__doc__)
     parser.add_argument("--nice", type=int, default=0, help="niceness of server and generator (negative: root)")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per cell")
+    parser.add_argument("--model-dir", type=Path, help="also call this SavedModel version in the handler")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)  # the server process itself
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.model_dir)
         return 0
     port = processes.free_port()
     log = Path(tempfile.mkdtemp(prefix="recwatch-echo-")) / "echo.log"
     server = processes.start(
-        "echo", [sys.executable, "-m", "benchmarks.serving.echo_floor", "--serve", str(port)], log=log, nice=args.nice
+        "echo",
+        [sys.executable, "-m", "benchmarks.serving.echo_floor", "--serve", str(port)]
+        + (["--model-dir", str(args.model_dir.absolute())] if args.model_dir else []),
+        log=log,
+        nice=args.nice,
     )
     try:
-        processes.wait_ready(server, lambda: _listening(port), deadline_s=60)
+        processes.wait_ready(server, lambda: _listening(port), deadline_s=120)
         commands = "".join(
             json.dumps(
                 {
@@ -85,7 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             text=True,
             check=True,
         )
-        print("in flight  req/s   p50 ms  p99 ms   (empty grpcio sync server, 32-score answer)")
+        what = "the model called on a fixed request" if args.model_dir else "nothing"
+        print(f"in flight  req/s   p50 ms  p99 ms   (grpcio sync server doing {what}, 32-score answer)")
         replies = [
             json.loads(line[len(REPLY_PREFIX) :]) for line in gen.stdout.splitlines() if line.startswith(REPLY_PREFIX)
         ]
