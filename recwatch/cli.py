@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--result_cache_bytes", type=int, default=64 << 20, help="result cache size bound (bytes)")
     serve.add_argument("--result_cache_ttl_seconds", type=float, default=60.0, help="result cache entry lifetime")
     serve.add_argument(
+        "--prefer_tflite_model",
+        action="store_true",
+        help="serve <version>/model.tflite with the TFLite interpreter where a version has one (TF Serving's flag)",
+    )
+    serve.add_argument(
+        "--fault_file",
+        type=Path,
+        help="JSON faults to inject (latency, errors, memory leak), re-read on change: tests and demos only",
+    )
+    serve.add_argument(
         "--replicas",
         type=int,
         default=1,
@@ -199,7 +209,7 @@ def _serve_replicas(settings: Settings, args: argparse.Namespace) -> int:
     from serving.replicas import Supervisor, replica_specs, round_robin_target
 
     base = [sys.executable, "-m", "recwatch.cli", "serve"]
-    for flag in ("model_name", "model_base_path", "model_config_file", "canary_weights_file"):
+    for flag in ("model_name", "model_base_path", "model_config_file", "canary_weights_file", "fault_file"):
         value = getattr(args, flag)
         if value:
             base += [f"--{flag}", str(value)]
@@ -214,6 +224,8 @@ def _serve_replicas(settings: Settings, args: argparse.Namespace) -> int:
     base += ["--result_cache_ttl_seconds", str(args.result_cache_ttl_seconds)]
     if args.no_events:
         base.append("--no-events")
+    if args.prefer_tflite_model:
+        base.append("--prefer_tflite_model")
     replica = args.replica or settings.replica or socket.gethostname()
     specs = replica_specs(
         base, replicas=args.replicas, port=args.port, rest_port=args.rest_api_port or None, replica=replica
@@ -264,6 +276,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         result_cache_bytes=args.result_cache_bytes,
         result_cache_ttl_s=args.result_cache_ttl_seconds,
         rest_api_port=args.rest_api_port or None,
+        prefer_tflite_model=args.prefer_tflite_model,
+        fault_file=args.fault_file,
     )
     logger = publisher if isinstance(publisher, EventLogger) else None
     server = ModelServer(

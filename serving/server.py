@@ -65,6 +65,8 @@ class ServeOptions:
     result_cache_bytes: int = 64 << 20
     result_cache_ttl_s: float | None = 60.0
     rest_api_port: int | None = None  # REST API and /metrics; None: off, 0: any free port
+    prefer_tflite_model: bool = False  # serve <version>/model.tflite where there is one (TF Serving's flag)
+    fault_file: Path | None = None  # faults to inject (serving/faults.py); tests and demos only
 
     def model_configs(self) -> list[ModelConfig]:
         if self.model_config_file is not None:
