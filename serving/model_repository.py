@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import numpy.typing as npt
 
 from serving.errors import (
@@ -65,7 +66,7 @@ class Signature:
     def output_names(self) -> list[str]:
         return list(self.outputs)
 
-    _flat: _FlatCall | None = field(default=None, repr=False, compare=False)
+    _flat: FastCall | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, inputs: Mapping[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
         """Run the signature on validated inputs.
@@ -86,7 +87,16 @@ class Signature:
             raise InvalidRequestError(f"signature {self.name!r} rejected the inputs: {exc.message}") from exc
         except Exception as exc:
             raise ModelExecutionError(f"signature {self.name!r} failed: {exc}") from exc
-        return {name: tensor.numpy() for name, tensor in result.items()}
+        return {name: t if isinstance(t, np.ndarray) else t.numpy() for name, t in result.items()}
+
+
+class FastCall(Protocol):
+    """A cheaper way to run a signature on inputs it ``accepts`` (otherwise the public call runs):
+    :class:`_FlatCall`, or a TFLite interpreter (``serving.tflite``). Returns tensors or numpy arrays."""
+
+    def accepts(self, inputs: Mapping[str, npt.NDArray[Any]]) -> bool: ...
+
+    def __call__(self, inputs: Mapping[str, npt.NDArray[Any]]) -> Mapping[str, Any]: ...
 
 
 class _FlatCall:
@@ -160,11 +170,13 @@ class LoadedModel:
             raise SignatureNotFoundError(self.name, key, list(self.signatures)) from None
 
 
-def load_version(path: Path, *, model_name: str | None = None) -> LoadedModel:
+def load_version(path: Path, *, model_name: str | None = None, prefer_tflite: bool = False) -> LoadedModel:
     """Load the SavedModel in version directory ``path`` (``<model_base_path>/<version>``).
 
     The model's name defaults to the parent directory's name. Raises ModelNotFoundError if ``path`` is not
     a version directory holding ``saved_model.pb`` and ModelLoadError if TensorFlow cannot load it.
+    ``prefer_tflite``: signatures that ``path/model.tflite`` has run in the TFLite interpreter
+    (``serving.tflite``; TF Serving's ``--prefer_tflite_model``).
     """
     name = model_name or path.parent.name
     if not path.name.isdigit():
@@ -185,6 +197,14 @@ def load_version(path: Path, *, model_name: str | None = None) -> LoadedModel:
     if not saved_model.meta_graphs:
         raise ModelLoadError(str(path), "no MetaGraphDef")
     signature_defs = dict(saved_model.meta_graphs[0].signature_def)
+    tflite: dict[str, FastCall] = {}
+    if prefer_tflite:
+        from serving.tflite import load_tflite
+
+        try:
+            tflite.update(load_tflite(path, sorted(signature_defs)))
+        except Exception as exc:  # a corrupt model.tflite fails the version, as a corrupt SavedModel does
+            raise ModelLoadError(str(path), f"model.tflite: {type(exc).__name__}: {exc}") from exc
 
     signatures: dict[str, Signature] = {}
     for key, fn in root.signatures.items():
@@ -197,7 +217,7 @@ def load_version(path: Path, *, model_name: str | None = None) -> LoadedModel:
             outputs={k: TensorSpec.from_proto(v.dtype, v.tensor_shape) for k, v in sorted(sig_def.outputs.items())},
             _fn=fn,
             method_name=sig_def.method_name or "tensorflow/serving/predict",
-            _flat=_FlatCall.of(fn),
+            _flat=tflite.get(key) or _FlatCall.of(fn),
         )
     return LoadedModel(
         name=name,

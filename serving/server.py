@@ -30,6 +30,7 @@ import grpc
 from serving.config import ModelConfig, parse_canary_weights, parse_model_server_config, single_model
 from serving.errors import ServerStartError
 from serving.manager import ModelManager, synthesized_warmup
+from serving.model_repository import LoadedModel, load_version
 from serving.publisher import EventPublisher
 
 if TYPE_CHECKING:
@@ -179,7 +180,10 @@ class ModelServer:
                     log.exception("forgetting %s version %d failed", model, version)
 
         manager = ModelManager(
-            opts.model_configs(), warmup=synthesized_warmup if opts.warmup else None, on_unload=on_unload
+            opts.model_configs(),
+            loader=_tflite_loader if opts.prefer_tflite_model else _saved_model_loader,
+            warmup=synthesized_warmup if opts.warmup else None,
+            on_unload=on_unload,
         )
         manager.poll_once()
         self._remember_mtimes()
@@ -339,3 +343,11 @@ class ModelServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _saved_model_loader(path: Path, name: str) -> LoadedModel:
+    return load_version(path, model_name=name)
+
+
+def _tflite_loader(path: Path, name: str) -> LoadedModel:
+    return load_version(path, model_name=name, prefer_tflite=True)

@@ -8,8 +8,8 @@ on a shared machine hits all targets alike. Prints req/s, rows/s, p50/p99, the r
 against the raw call, the logging cost and the issue's PASS/FAIL lines.
 
 Time: about (warm-up + duration + ~0.5 s) x targets x rows x concurrencies x repeats, plus ~1 min to start
-the servers: ~8 min with the defaults (7 x 2 x 3 x 2 = 84 cells of 1 + 3 s), ~10 min at most: measuring stops
-after ``--max-minutes`` (default 9; the cells left are dropped and said so). The first run also builds the
+the servers: ~10 min with the defaults (8 x 2 x 3 x 2 = 96 cells of 1 + 3 s), ~12 min at most: measuring stops
+after ``--max-minutes`` (default 11; the cells left are dropped and said so). The first run also builds the
 peers' venvs (a few minutes, once).
 All processes it starts are stopped at the end, also on Ctrl-C or SIGTERM.
 """
@@ -77,7 +77,7 @@ def build_parser(prog: str = "recwatch bench serving") -> argparse.ArgumentParse
         help="niceness of the servers and the generator (e.g. -10 as root on a shared machine, so other jobs "
         "take less of the measured cores; default 0)",
     )
-    parser.add_argument("--max-minutes", type=float, default=9.0, help="stop measuring after this (default 9)")
+    parser.add_argument("--max-minutes", type=float, default=11.0, help="stop measuring after this (default 11)")
     parser.add_argument("--workdir", type=Path, help="logs and configs (default: a new temporary directory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with every row instead")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -150,14 +150,22 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 def _export_model(kind: str, base: Path) -> Path:
+    """The model's version directory, with model.tflite beside saved_model.pb (for recwatch-tflite)."""
+    from serving.tflite import TFLITE_FILE, convert_version
+
     if kind == "dcn":
         from benchmarks.serving.dcn_model import export_dcn_ranker
 
-        return export_dcn_ranker(base, model_name="dcn")
-    from training.tiny_model import export_tiny_ranker
+        version = export_dcn_ranker(base, model_name="dcn")
+    else:
+        from training.tiny_model import export_tiny_ranker
 
-    target = base / "tiny" / "1"
-    return target if (target / "saved_model.pb").exists() else export_tiny_ranker(base, model_name="tiny")
+        version = base / "tiny" / "1"
+        if not (version / "saved_model.pb").exists():
+            version = export_tiny_ranker(base, model_name="tiny")
+    if not (version / TFLITE_FILE).exists():
+        convert_version(version)
+    return version
 
 
 def _check_answers(fleet: Any, targets: list[str], row_counts: list[int], say: Any) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 BASELINE = "kserve"
 LIMIT = "raw"
 LOGGING_ON, LOGGING_OFF = "recwatch", "recwatch-nolog"
-RECWATCH_TARGETS = ("recwatch", "recwatch-nolog", "recwatch-batching", "recwatch-cache")
+RECWATCH_TARGETS = ("recwatch", "recwatch-nolog", "recwatch-batching", "recwatch-tflite", "recwatch-cache")
 MIN_SPEEDUP = 2.0
 MAX_LOGGING_COST = 0.03
 BUSY_CORE_NOTE = 0.10  # other processes' share of the server's core worth a note
@@ -209,7 +209,7 @@ def verdicts(rows: Sequence[Row]) -> list[Verdict]:
 
 
 UNDER_LOAD_MIN_CONCURRENCY = 8
-SERVING_CONFIGS = ("recwatch", "recwatch-batching")  # events on; the cache row measures its hit path only
+SERVING_CONFIGS = ("recwatch", "recwatch-batching", "recwatch-tflite")  # events on; the cache row: hit path only
 
 
 def _under_load(by_key: dict[tuple[str, int, int], Row], rows: Sequence[Row]) -> Verdict:

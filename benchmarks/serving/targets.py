@@ -43,6 +43,15 @@ TARGETS: dict[str, TargetDef] = {
             events=True,
         ),
         TargetDef(
+            "recwatch-tflite",
+            "recwatch",
+            "tfs-grpc",
+            "recwatch serve with batching and --prefer_tflite_model (the version's model.tflite), events on",
+            ("--enable_batching", "--batching_parameters_file", "{batching_file}", "--prefer_tflite_model"),
+            ("--enable_batching", "--batching_parameters_file", "--prefer_tflite_model"),
+            events=True,
+        ),
+        TargetDef(
             "recwatch-cache",
             "recwatch",
             "tfs-grpc",
@@ -57,7 +66,16 @@ TARGETS: dict[str, TargetDef] = {
         TargetDef("mlserver-grpc", "mlserver", "v2-grpc", "the same MLServer over v2 gRPC (binary tensors)"),
     )
 }
-DEFAULT_TARGETS = ("raw", "recwatch", "recwatch-nolog", "recwatch-batching", "recwatch-cache", "kserve", "mlserver")
+DEFAULT_TARGETS = (
+    "raw",
+    "recwatch",
+    "recwatch-nolog",
+    "recwatch-batching",
+    "recwatch-tflite",
+    "recwatch-cache",
+    "kserve",
+    "mlserver",
+)
 
 
 def parse_targets(text: str) -> list[str]:
