@@ -72,7 +72,7 @@ def test_a_corrupt_tflite_file_fails_the_version(converted: Path, tmp_path: Path
     base = tmp_path / "ranker"
     shutil.copytree(converted, base)
     (base / "1" / TFLITE_FILE).write_bytes(b"not a flatbuffer")
-    with pytest.raises(ModelLoadError, match="model.tflite"):
+    with pytest.raises(ModelLoadError, match=r"model\.tflite"):
         load_version(base / "1", prefer_tflite=True)
 
 
