@@ -22,7 +22,7 @@ from serving.tflite import TFLITE_FILE, TfliteCall, convert_version
 pytest_plugins = ["tests.serving_fixtures"]
 pytestmark = pytest.mark.integration
 
-TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}  # TFLite's kernels round differently from TensorFlow's
+RTOL, ATOL = 1e-5, 1e-6  # TFLite's kernels round differently from TensorFlow's
 
 
 def _inputs(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -53,7 +53,7 @@ def test_the_interpreter_answers_as_the_saved_model_for_every_batch_size(
         inputs = _inputs(rows, seed=rows)
         scores = signature(inputs)["scores"]
         assert scores.shape == (rows,) and scores.dtype == np.float32
-        np.testing.assert_allclose(scores, reference_scores(inputs), **TOLERANCE)
+        np.testing.assert_allclose(scores, reference_scores(inputs), rtol=RTOL, atol=ATOL)
 
 
 def test_without_the_flag_or_the_file_the_saved_model_answers(tiny_model_base: Path, converted: Path) -> None:
@@ -87,7 +87,9 @@ def test_a_server_with_the_flag_answers_predict_over_grpc(
     try:
         request, inputs = predict_request(32, seed=5)
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]), reference_scores(inputs), **TOLERANCE)
+        np.testing.assert_allclose(
+            tf.make_ndarray(response.outputs["scores"]), reference_scores(inputs), rtol=RTOL, atol=ATOL
+        )
         assert response.model_spec.version.value == 1
         [event] = publisher.events
         assert event.status_code == 0 and event.rows == 32
