@@ -348,18 +348,42 @@ def _alerter(settings: Settings, args: argparse.Namespace) -> int:
     timer.daemon = True
     if args.once_seconds is not None:
         timer.start()
+    receivers = _alert_receivers(settings, store)
     service = AlertService(
-        store, bootstrap, notifiers=[LoggingNotifier()], group_id=args.group, threshold=args.threshold
+        store, bootstrap, notifiers=[LoggingNotifier(), *receivers], group_id=args.group, threshold=args.threshold
     )
+    for receiver in receivers:
+        receiver.start()
     try:
         service.run(stop)
     except KeyboardInterrupt:
         pass
     finally:
         timer.cancel()
+        for receiver in receivers:
+            receiver.stop()
         store.close()
     logging.getLogger("recwatch.alerter").info("stopped: %s", service.stats)
     return 0
+
+
+def _alert_receivers(settings: Settings, store: Any) -> list[Any]:
+    """The Alertmanager that ``infra up`` started (if any) and the webhook of RECWATCH_ALERT_WEBHOOK_URL."""
+    from alerting.alertmanager import AlertmanagerClient
+    from alerting.notifiers import AlertmanagerNotifier, WebhookNotifier
+    from alerting.outbox import DeliveryOutbox, WebhookReceiver, WebhookSender
+    from infra import stack
+
+    receivers: list[Any] = []
+    url = stack.alertmanager_url(settings)
+    if url:
+        receivers.append(AlertmanagerNotifier(AlertmanagerClient(url)))
+    if settings.alert_webhook_url:
+        if not settings.alert_webhook_secret:
+            raise ConfigError("RECWATCH_ALERT_WEBHOOK_URL needs RECWATCH_ALERT_WEBHOOK_SECRET (the signing key)")
+        hook = WebhookReceiver("webhook", settings.alert_webhook_url, settings.alert_webhook_secret.encode())
+        receivers.append(WebhookNotifier(WebhookSender(DeliveryOutbox(store), [hook])))
+    return receivers
 
 
 def _sql(settings: Settings, args: argparse.Namespace) -> int:

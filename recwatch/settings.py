@@ -21,6 +21,9 @@ ENV_VARS: dict[str, str] = {
     "and port+2i+1 for its controller)",
     "RECWATCH_CLICKHOUSE_PORT": "native TCP port of the local ClickHouse server (default 19000; HTTP uses port+1)",
     "RECWATCH_ALERTMANAGER_PORT": "port of the local Prometheus Alertmanager `infra up` starts (default 19093)",
+    "RECWATCH_ALERT_WEBHOOK_URL": "`recwatch alerter` also sends alerts to this webhook (Alertmanager's JSON, signed; "
+    "docs/alerts.md)",
+    "RECWATCH_ALERT_WEBHOOK_SECRET": "HMAC-SHA256 key of those webhook signatures (required with the URL)",
     "RECWATCH_TOPIC_PARTITIONS": "partitions of the topics `infra up` creates (default 6)",
     "RECWATCH_REPLICA": "replica id written into every inference event (default: <hostname>-<port>)",
 }
@@ -39,6 +42,8 @@ class Settings:
     alertmanager_port: int = 19093
     topic_partitions: int = 6
     replica: str | None = None
+    alert_webhook_url: str | None = None
+    alert_webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -55,6 +60,8 @@ class Settings:
             alertmanager_port=_int(env, "RECWATCH_ALERTMANAGER_PORT", 19093),
             topic_partitions=_int(env, "RECWATCH_TOPIC_PARTITIONS", 6),
             replica=env.get("RECWATCH_REPLICA") or None,
+            alert_webhook_url=env.get("RECWATCH_ALERT_WEBHOOK_URL") or None,
+            alert_webhook_secret=env.get("RECWATCH_ALERT_WEBHOOK_SECRET") or None,
         )
 
     @property
