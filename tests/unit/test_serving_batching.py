@@ -209,6 +209,36 @@ def test_a_batch_runs_at_once_when_every_request_in_flight_is_in_it(make: Make) 
         executor.close()
 
 
+def test_a_request_alone_in_the_server_is_computed_on_its_own_thread(make: Make) -> None:
+    executor, clock = make(max_batch_size=32, batch_timeout_micros=1000)
+    in_flight = InFlight()
+    executor = BatchingExecutor(executor.params, clock=clock, in_flight=in_flight)
+    threads: list[threading.Thread] = []
+
+    class ThreadRecording(RecordingSignature):
+        def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            threads.append(threading.current_thread())
+            return super().__call__(inputs)
+
+    fake = ThreadRecording()
+    try:
+        with in_flight:
+            alone = executor.submit(model(), sig(fake), request(2, seed=1))
+            assert alone.done()  # answered before submit returned: no batch thread was involved
+            assert_answers(alone.result(WAIT_S), request(2, seed=1))
+        assert threads == [threading.current_thread()] and alone.result().batch_size == 2
+
+        fake.gate = threading.Event()  # a batch computing on the batch thread: the next request must queue
+        with in_flight, in_flight:
+            first = executor.submit(model(), sig(fake), request(1, seed=2))
+            second = executor.submit(model(), sig(fake), request(1, seed=3))
+            fake.gate.set()
+            first.result(WAIT_S), second.result(WAIT_S)
+        assert threads[1] is not threading.current_thread() and fake.batch_rows == [2, 2]
+    finally:
+        executor.close()
+
+
 def test_a_batch_runs_when_full_or_when_the_next_request_does_not_fit(make: Make) -> None:
     executor, _ = make(max_batch_size=4, batch_timeout_micros=10_000_000)
     fake = RecordingSignature()
