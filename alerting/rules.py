@@ -1,7 +1,8 @@
 """From scored windows to alerts: open one alert per series, keep it while anomalies repeat, resolve it on recovery.
 
 An alert groups the anomalies of one series; its *fingerprint* is a hash of its identifying labels
-(``alertname``, ``model``, ``version``, ``label``, ``metric``), so it is the same on every replica and restart.
+(``alertname``, ``model``, ``version``, ``label``, ``metric``, and ``replica`` for a per-replica series such as
+``process_rss_bytes``), so it is the same on every alerter replica and restart.
 
 - **fire**: a window whose score is at or above ``threshold`` on a series without an open alert opens one
   (``FIRING``, ``starts_at_us`` = that window's start): one notification.
@@ -15,9 +16,10 @@ An alert groups the anomalies of one series; its *fingerprint* is a hash of its 
   from a baseline of 0 % is critical at once); ``warning`` otherwise. An open alert's severity only rises.
 
 Labels: ``alertname`` (one per metric, Prometheus style: ``RecwatchLatencyP99High``, ...; see ``ALERTNAMES``),
-``severity``, ``model``, ``version``, ``label``, ``metric``. Annotations: ``summary`` (one sentence with the
-numbers), ``value``, ``baseline``, ``score``, ``window`` (ISO start, length) and ``sql``: a query against the
-documented views (docs/tables.md) showing the series from 10 min before to 10 min after the first anomaly.
+``severity``, ``model``, ``version``, ``label``, ``metric`` (and ``replica`` for per-replica series). Annotations:
+``summary`` (one sentence with the numbers), ``value``, ``baseline``, ``score``, ``window`` (ISO start, length) and
+``sql``: a query against the documented views (docs/tables.md) showing the series from 10 min before to 10 min
+after the first anomaly.
 
 Pure logic: time comes from the windows, state is plain data and pickles (checkpointed with the detectors).
 """
@@ -44,6 +46,7 @@ ALERTNAMES: dict[str, str] = {
     "cache_hit_rate": "RecwatchCacheHitRateLow",
     "ctr": "RecwatchCtrLow",
     "conversion_rate": "RecwatchConversionRateLow",
+    "process_rss_bytes": "RecwatchProcessRssGrowing",
 }
 _CRITICAL_METRICS = frozenset({"error_rate", "latency_p99_us"})
 _DESCRIPTIONS = {
@@ -54,12 +57,13 @@ _DESCRIPTIONS = {
     "cache_hit_rate": ("cache hit rate", ""),
     "ctr": ("CTR", ""),
     "conversion_rate": ("conversion rate", ""),
+    "process_rss_bytes": ("process RSS", "bytes"),
 }
 
 
-def fingerprint(alertname: str, model: str, version: int, label: str, metric: str) -> str:
-    """Stable id of an alert group: a hash of its identifying labels."""
-    text = "\x1f".join((alertname, model, str(version), label, metric))
+def fingerprint(alertname: str, model: str, version: int, label: str, metric: str, replica: str = "") -> str:
+    """Stable id of an alert group: a hash of its identifying labels (roll-up series: no replica)."""
+    text = "\x1f".join((alertname, model, str(version), label, metric, *((replica,) if replica else ())))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -93,7 +97,7 @@ class AlertRules:
     def step(self, point: Point) -> list[AlertEvent]:
         """Feed one scored window of one series (in window order); returns what changed."""
         alertname = ALERTNAMES.get(point.metric, "RecwatchAnomaly")
-        fp = fingerprint(alertname, point.model, point.version, point.label, point.metric)
+        fp = fingerprint(alertname, point.model, point.version, point.label, point.metric, point.replica)
         current = self.open.get(fp)
         if point.score >= self.threshold:
             severity = self._severity(point)
@@ -160,7 +164,8 @@ def _new_alert(fp: str, alertname: str, severity: str, p: Point) -> Alert:
     unit = f" {unit}" if unit else ""
     vs = f"its baseline {_fmt(p.baseline)}{unit}" if math.isfinite(p.baseline) else "its baseline"
     summary = (
-        f"{what} of {p.model} v{p.version}{f' ({p.label})' if p.label else ''} is {_fmt(p.value)}{unit} "
+        f"{what} of {p.model} v{p.version}{f' ({p.label})' if p.label else ''}"
+        f"{f' on replica {p.replica}' if p.replica else ''} is {_fmt(p.value)}{unit} "
         f"vs {vs} in the {p.window_s} s window at {_iso(p.ts_us)} (anomaly score {p.score:.4f})."
     )
     alert = Alert(
@@ -181,6 +186,8 @@ def _new_alert(fp: str, alertname: str, severity: str, p: Point) -> Alert:
             "metric": p.metric,
         }
     )
+    if p.replica:
+        alert.labels["replica"] = p.replica
     alert.annotations.update(
         {
             "summary": summary,
@@ -188,7 +195,7 @@ def _new_alert(fp: str, alertname: str, severity: str, p: Point) -> Alert:
             "baseline": _fmt(p.baseline),
             "score": f"{p.score:.6f}",
             "window": f"{_iso(p.ts_us)} +{p.window_s}s",
-            "sql": series_sql(p.metric, p.model, p.version, p.label, p.ts_us),
+            "sql": series_sql(p.metric, p.model, p.version, p.label, p.ts_us, replica=p.replica),
         }
     )
     return alert
@@ -199,11 +206,14 @@ def _quote(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def series_sql(metric: str, model: str, version: int, label: str, ts_us: int, around_s: int = 600) -> str:
+def series_sql(
+    metric: str, model: str, version: int, label: str, ts_us: int, around_s: int = 600, *, replica: str = ""
+) -> str:
     """A ready-to-run query showing ``metric`` of the series from ``around_s`` before to after ``ts_us``.
 
     The 10 s metrics are rolled up over replicas like the published windows: counts from
     ``inference_metrics_10s``, p99 from the latency sketches of ``inference_metrics_10s_parts`` (docs/tables.md).
+    A per-replica series (``replica`` given: ``process_rss_bytes``) shows that replica's rows.
     """
     start = ts_us // _US - around_s
     end = ts_us // _US + around_s
@@ -211,6 +221,13 @@ def series_sql(metric: str, model: str, version: int, label: str, ts_us: int, ar
         f"model = {_quote(model)} AND version = {int(version)} AND label = {_quote(label)}\n"
         f"  AND window_start >= toDateTime({start}) AND window_start < toDateTime({end})"
     )
+    if replica:
+        where += f" AND replica = {_quote(replica)}"
+    if metric == "process_rss_bytes":
+        return (
+            "SELECT window_start, replica, requests, process_rss_max_bytes\n"
+            f"FROM inference_metrics_10s\nWHERE {where}\nORDER BY window_start, replica"
+        )
     if metric in ("ctr", "conversion_rate"):
         return (
             f"SELECT window_start, impressions, clicked_impressions, bought_impressions, ctr, conversion_rate\n"

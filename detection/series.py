@@ -1,15 +1,17 @@
 """The monitored series of the live pipeline and the monitor that scores them window by window.
 
-A *series* is one metric of one (model, version, label), rolled up over replicas. Its values come from
+A *series* is one metric of one (model, version, label), rolled up over replicas, or, for a metric of the
+serving process itself (``process_rss_bytes``: a memory leak is one process's), of one replica. Its values come from
 
-- the ``WindowAggregate`` messages of ``recwatch.metrics.v1`` (10 s windows; only roll-up rows, ``replica == ""``),
+- the ``WindowAggregate`` messages of ``recwatch.metrics.v1`` (10 s windows; roll-up rows, ``replica == ""``, for
+  most metrics, per-replica rows for the specs with ``per_replica``),
 - the rows of the ``business_metrics_1m`` view (1 min windows; ``stream_processors.attribution.BusinessWindow``).
 
 ``SERIES`` says per metric where its value comes from, which direction is bad, how many requests (impressions) a
 window needs to be scored and the detector's floors. ``SeriesMonitor`` keeps one ``LiveDetector`` per series
 (created on its first window), scores every metric of every window it is given and turns scores at or above the
 threshold into ``Anomaly`` messages. Windows arrive at least once: a window whose start is at or before the last
-one scored for its (source, model, version, label) is ignored, so a replay changes nothing. The detectors and
+one scored for its (source, model, version, label[, replica]) is ignored, so a replay changes nothing. The detectors and
 that progress checkpoint to rows of ``detector_checkpoints`` (pickle + base64) and restore from them.
 """
 
@@ -40,7 +42,8 @@ class SeriesSpec:
 
     ``value`` returns the metric of one window, or ``None`` when the window cannot say (fewer than ``min_count``
     requests or impressions, or the metric does not apply). ``rel_floor``/``abs_floor`` floor the detector's
-    spread (``detection.live``): the smallest deviation worth ~1 "sigma" on a flat series.
+    spread (``detection.live``): the smallest deviation worth ~1 "sigma" on a flat series. ``per_replica``: scored
+    on the per-replica ``WindowAggregate`` rows (one detector per replica), not on the roll-up.
     """
 
     metric: str
@@ -50,6 +53,7 @@ class SeriesSpec:
     rel_floor: float
     abs_floor: float
     value: Callable[[Any], float | None]
+    per_replica: bool = False
 
     @property
     def window_s(self) -> int:
@@ -88,6 +92,10 @@ def _cache_hit_rate(a: WindowAggregate) -> float | None:
     return a.cache_hit_rate if _enough(a.requests, 20) else None
 
 
+def _process_rss(a: WindowAggregate) -> float | None:
+    return a.process_rss_max_bytes if a.process_rss_max_bytes > 0 else None  # 0: no event knew its RSS
+
+
 def _ctr(b: BusinessWindow) -> float | None:
     return b.clicked_impressions / b.impressions if _enough(b.impressions, 200) else None
 
@@ -108,15 +116,20 @@ SERIES: Mapping[str, SeriesSpec] = {
         SeriesSpec("score_mean", "metrics", "both", 20, 0.05, 0.01, _score_mean),
         # only for models with a result cache: the monitor starts it at the first window with cache hits
         SeriesSpec("cache_hit_rate", "metrics", "down", 20, 0.1, 0.05, _cache_hit_rate),
+        # per replica, the max RSS of the window: smooth (~0.1 % noise), so a 0.15 % floor; a leak of +2 %/min
+        # accumulates in the CUSUM within 3 windows (tests/unit/test_series_rss.py), only growth is bad
+        SeriesSpec("process_rss_bytes", "metrics", "up", 0, 0.0015, 0.0, _process_rss, per_replica=True),
         SeriesSpec("ctr", "business", "down", 200, 0.1, 0.002, _ctr),
         SeriesSpec("conversion_rate", "business", "down", 200, 0.15, 0.001, _conversion_rate),
     )
 }
 
 
-def series_key(model: str, version: int, label: str, metric: str) -> str:
-    """``model/version/label/metric``: the key of the series' detector, checkpoint row and anomaly messages."""
-    return f"{model}/{version}/{label}/{metric}"
+def series_key(model: str, version: int, label: str, metric: str, replica: str = "") -> str:
+    """``model/version/label/metric`` (``@replica`` appended for a per-replica series): the key of the series'
+    detector, checkpoint row and anomaly messages."""
+    key = f"{model}/{version}/{label}/{metric}"
+    return f"{key}@{replica}" if replica else key
 
 
 def anomaly_id(series: str, ts_us: int) -> str:
@@ -127,7 +140,7 @@ def anomaly_id(series: str, ts_us: int) -> str:
 @dataclass(frozen=True)
 class Point:
     """One scored window of one series. ``baseline`` is the detector's median before this window (``nan`` while
-    it warms up); ``anomaly`` is set when ``score >= threshold``."""
+    it warms up); ``anomaly`` is set when ``score >= threshold``; ``replica`` is empty for roll-up series."""
 
     series: str
     metric: str
@@ -141,6 +154,7 @@ class Point:
     score: float
     threshold: float
     anomaly: Anomaly | None
+    replica: str = ""
 
 
 class SeriesMonitor:
@@ -153,44 +167,48 @@ class SeriesMonitor:
     ['latency_p99_us', 'error_rate', 'throughput_rps']
     >>> m.evaluate(a)  # the same window again (at-least-once delivery): ignored
     []
+    >>> r = WindowAggregate(window_start_us=0, model="m", version=1, replica="r1", process_rss_max_bytes=2e9)
+    >>> [(p.metric, p.replica) for p in m.evaluate(r)]  # a per-replica row: only the per-replica series
+    [('process_rss_bytes', 'r1')]
     """
 
     def __init__(self, threshold: float = 0.9, series: Mapping[str, SeriesSpec] = SERIES) -> None:
         self.threshold = threshold
         self.series = series
         self.detectors: dict[str, LiveDetector] = {}
-        self.through_us: dict[str, int] = {}  # (source/model/version/label) -> last window start scored
+        self.through_us: dict[str, int] = {}  # (source/model/version/label[@replica]) -> last window start scored
         self._dirty: set[str] = set()
 
     def observe(self, aggregate: WindowAggregate) -> list[Anomaly]:
-        """The anomalies of one window (roll-up rows only; others and replays give none)."""
+        """The anomalies of one window (replays give none)."""
         return [p.anomaly for p in self.evaluate(aggregate) if p.anomaly is not None]
 
     def evaluate(self, aggregate: WindowAggregate) -> list[Point]:
-        """Every metric of one ``WindowAggregate`` scored (per-replica rows and replayed windows: none)."""
-        if aggregate.replica:
-            return []
+        """Every metric of one ``WindowAggregate`` scored: a roll-up row (``replica == ""``) for the roll-up series,
+        a per-replica row for the ``per_replica`` ones (replayed windows: none)."""
         a = aggregate
-        return self._score("metrics", a.model, a.version, a.label, a.window_start_us, a)
+        return self._score("metrics", a.model, a.version, a.label, a.window_start_us, a, replica=a.replica)
 
     def evaluate_business(self, row: BusinessWindow) -> list[Point]:
         """Every business metric of one closed ``business_metrics_1m`` row (``window_start`` in s) scored."""
         return self._score("business", row.model, row.version, row.label, row.window_start * _US, row)
 
-    def _score(self, source: Source, model: str, version: int, label: str, ts_us: int, window: Any) -> list[Point]:
-        group = f"{source}/{model}/{version}/{label}"
+    def _score(
+        self, source: Source, model: str, version: int, label: str, ts_us: int, window: Any, *, replica: str = ""
+    ) -> list[Point]:
+        group = f"{source}/{model}/{version}/{label}" + (f"@{replica}" if replica else "")
         if ts_us <= self.through_us.get(group, -1):
             return []
         self.through_us[group] = ts_us
         self._dirty.add(group)
         points = []
         for spec in self.series.values():
-            if spec.source != source:
+            if spec.source != source or spec.per_replica != bool(replica):
                 continue
             value = spec.value(window)
             if value is None or not math.isfinite(value):
                 continue
-            key = series_key(model, version, label, spec.metric)
+            key = series_key(model, version, label, spec.metric, replica)
             det = self.detectors.get(key)
             if det is None:
                 if spec.metric == "cache_hit_rate" and value <= 0.0:
@@ -207,14 +225,14 @@ class SeriesMonitor:
                     model=model,
                     version=version,
                     label=label,
-                    replica="",
+                    replica=replica,
                     value=value,
                     score=score,
                     threshold=self.threshold,
                     detector=DETECTOR,
                 )
             point = Point(key, spec.metric, model, version, label, ts_us, spec.window_s, value, det.baseline, score,
-                          self.threshold, anomaly)  # fmt: skip
+                          self.threshold, anomaly, replica)  # fmt: skip
             points.append(point)
         return points
 
@@ -250,10 +268,11 @@ class SeriesMonitor:
 
 
 def _group_of(series: str) -> str:
-    model_version_label = series.rsplit("/", 1)[0]
-    metric = series.rsplit("/", 1)[1]
+    """The window group of a series key (``series_key``): ``source/model/version/label[@replica]``."""
+    head, at, replica = series.partition("@")  # model and label names have no "@" (replica names may)
+    model_version_label, _, metric = head.rpartition("/")
     spec = SERIES.get(metric)
-    return f"{spec.source if spec else 'metrics'}/{model_version_label}"
+    return f"{spec.source if spec else 'metrics'}/{model_version_label}{at}{replica}"
 
 
 def _dump(obj: object) -> str:

@@ -22,6 +22,7 @@ from schemas import InferenceEvent, OutputSummary, TensorSummary
 from serving.errors import InvalidOutputFilterError, ServingError, Status, grpc_code_number, status_of
 from serving.manager import ModelManager, Resolved
 from serving.model_repository import DEFAULT_SIGNATURE, LoadedModel, Signature
+from serving.process_stats import ProcessRss
 from serving.publisher import EventPublisher
 from serving.tensors import rows_of
 
@@ -154,11 +155,15 @@ class Predictor:
         observers: Sequence[RequestObserver] = (),
         in_flight: InFlight | None = None,
         producer_totals: Callable[[], tuple[int, int]] | None = None,
+        process_rss: Callable[[], int] | None = None,
     ) -> None:
         """``producer_totals``: the event logger's (dropped, spooled) totals, stamped into every event so the
-        stream workers can count events that never reached Kafka (``producers.EventLogger.totals``)."""
+        stream workers can count events that never reached Kafka (``producers.EventLogger.totals``).
+        ``process_rss``: the process's RSS in bytes (0 = unknown), stamped into every event; must be cheap, it
+        runs per request. Default: ``serving.process_stats.ProcessRss()``, refreshed once a second."""
         self.manager = manager
         self._producer_totals = producer_totals
+        self._process_rss: Callable[[], int] = process_rss if process_rss is not None else ProcessRss()
         self.in_flight = in_flight or InFlight()
         self.replica = replica
         self._publisher = publisher
@@ -231,6 +236,7 @@ class Predictor:
         if self._producer_totals is not None:
             totals = event.producer
             totals.dropped, totals.spooled = self._producer_totals()
+        event.process_rss_bytes = self._process_rss()
         self._publish(event)
         return PredictOutcome(resolved, signature, outputs, status, error, event)
 

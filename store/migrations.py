@@ -128,9 +128,12 @@ _WINDOW_COLUMNS_V2 = (
 _QUANTILE_LEVELS = (0.5, 0.9, 0.95, 0.99)
 
 
-def _metrics_view(name: str, bucket: str, keys: tuple[str, ...], *, producer: bool = False) -> list[str]:
+def _metrics_view(
+    name: str, bucket: str, keys: tuple[str, ...], *, producer: bool = False, process_rss: bool = False
+) -> list[str]:
     """A view over the partial rows: sums per ``keys`` with ``window_start`` = ``bucket``, latency percentiles
-    merged from the sketches (stream_processors/sketch.py: the SQL representative value of a bucket key)."""
+    merged from the sketches (stream_processors/sketch.py: the SQL representative value of a bucket key).
+    ``producer`` adds the loggers' totals (migration 4 on), ``process_rss`` the servers' RSS (migration 7 on)."""
     from stream_processors.sketch import sql_quantiles
 
     group = ", ".join(("w", *keys))
@@ -142,6 +145,9 @@ def _metrics_view(name: str, bucket: str, keys: tuple[str, ...], *, producer: bo
         if producer
         else ""
     )
+    # the serving processes' RSS: the highest of the window's events (per replica, or over replicas)
+    outer_rss = ",\n    process_rss_max_bytes" if process_rss else ""
+    inner_rss = ",\n        max(process_rss_max) AS process_rss_max_bytes" if process_rss else ""
     levels = ", ".join(f"q[{i + 1}] AS latency_p{round(level * 100)}_us" for i, level in enumerate(_QUANTILE_LEVELS))
     return [
         f"DROP TABLE IF EXISTS {name}",
@@ -160,7 +166,7 @@ SELECT
     if(score_count = 0, 0, score_sum / score_count) AS score_mean,
     if(score_count = 0, 0, sqrt(greatest(score_sumsq / score_count - pow(score_sum / score_count, 2), 0))) AS score_std,
     score_hist,
-    late_events{outer_producer}
+    late_events{outer_producer}{outer_rss}
 FROM (
     SELECT
         {bucket} AS w, {", ".join(keys)},
@@ -177,7 +183,7 @@ FROM (
         sum(score_sum) AS score_sum,
         sum(score_sumsq) AS score_sumsq,
         sumForEach(score_hist) AS score_hist,
-        sum(late_events) AS late_events{inner_producer}
+        sum(late_events) AS late_events{inner_producer}{inner_rss}
     FROM inference_metrics_10s_parts FINAL
     GROUP BY {group}
 ) AS sums
@@ -318,6 +324,18 @@ def _producer_totals(f: Features) -> list[str]:
     ]
 
 
+def _process_rss(f: Features) -> list[str]:
+    """The serving processes' RSS per window: the max of the events' ``process_rss_bytes`` (0 = unknown)."""
+    per_replica = ("model", "version", "label", "replica")
+    minute = "toStartOfMinute(window_start)"
+    return [
+        "ALTER TABLE inference_metrics_10s_parts ADD COLUMN process_rss_max UInt64",
+        *_metrics_view("inference_metrics_10s", "window_start", per_replica, producer=True, process_rss=True),
+        *_metrics_view("inference_metrics_1m", minute, per_replica, producer=True, process_rss=True),
+        *_metrics_view("inference_metrics_1m_by_version", minute, per_replica[:3], process_rss=True),
+    ]
+
+
 def _metrics_emitted(f: Features) -> list[str]:
     """How far the closed windows are on the metrics topic (stream_processors/window_emitter.py)."""
     return [
@@ -417,6 +435,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "event loggers' dropped and spooled totals per replica and window", _producer_totals),
     Migration(5, "progress of the closed windows published on the metrics topic", _metrics_emitted),
     Migration(6, "anomalies, alerts, alert deliveries, detector checkpoints", _alerting_tables),
+    Migration(7, "serving processes' RSS (max) per replica and window", _process_rss),
 )
 
 

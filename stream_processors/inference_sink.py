@@ -55,6 +55,7 @@ class WindowState:
     late_events: int = 0
     producer_dropped: int = 0  # the replica's logger totals: the highest seen in the window (cumulative)
     producer_spooled: int = 0
+    process_rss_max_bytes: int = 0  # the serving process's RSS: the highest of the events' (0 = unknown)
 
     def copy(self) -> WindowState:
         return replace(
@@ -83,6 +84,10 @@ class WindowState:
         self.score_sumsq += other.score_sumsq
         self.score_hist = [a + b for a, b in zip(self.score_hist, other.score_hist, strict=True)]
         self.late_events += other.late_events
+        # cumulative totals of a replica's logger and its process's RSS: the highest seen, never a sum
+        self.producer_dropped = max(self.producer_dropped, other.producer_dropped)
+        self.producer_spooled = max(self.producer_spooled, other.producer_spooled)
+        self.process_rss_max_bytes = max(self.process_rss_max_bytes, other.process_rss_max_bytes)
 
     def add(self, ev: InferenceEvent) -> None:
         """Fold one on-time event in (the caller sets ``last_offset``)."""
@@ -107,6 +112,8 @@ class WindowState:
             self.producer_dropped = producer.dropped
         if producer.spooled > self.producer_spooled:
             self.producer_spooled = producer.spooled
+        if ev.process_rss_bytes > self.process_rss_max_bytes:
+            self.process_rss_max_bytes = ev.process_rss_bytes
         if ev.outputs:
             head = ev.outputs[0].head
             if head:
@@ -414,6 +421,7 @@ _STATE_COLUMNS = (
     "late_events",
     "producer_dropped",
     "producer_spooled",
+    "process_rss_max",
 )
 STATE_SELECT = ("toUInt32(window_start)", *_KEY_COLUMNS[1:], *_STATE_COLUMNS)
 
@@ -446,6 +454,7 @@ def state_of_row(r: Sequence[Any]) -> WindowState:
         late_events=int(v["late_events"]),
         producer_dropped=int(v["producer_dropped"]),
         producer_spooled=int(v["producer_spooled"]),
+        process_rss_max_bytes=int(v["process_rss_max"]),
     )
 
 
@@ -479,6 +488,7 @@ def _window_columns(windows: dict[WindowKey, WindowState], max_event_us: dict[in
             ("late_events", s.late_events),
             ("producer_dropped", s.producer_dropped),
             ("producer_spooled", s.producer_spooled),
+            ("process_rss_max", s.process_rss_max_bytes),
             ("max_event_us", max_event_us.get(key[5], 0)),
         ):
             cols[name].append(value)

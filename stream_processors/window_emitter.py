@@ -59,6 +59,7 @@ def aggregate_message(
         batch_size_mean=s.batch_size_sum / n if n else 0.0,
         cache_hit_rate=s.cache_hits / n if n else 0.0,
         late_events=s.late_events,
+        process_rss_max_bytes=float(s.process_rss_max_bytes),
     )
     for code, count in s.errors_by_code.items():
         msg.errors_by_status[code] = count

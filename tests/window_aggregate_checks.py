@@ -11,7 +11,7 @@ import numpy as np
 
 from schemas import InferenceEvent, OutputSummary, topics
 from store import Store
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.inference_sink import STATE_SELECT, InferenceSink, Message, key_of_row, state_of_row
 from stream_processors.sketch import ALPHA
 
 LEVELS = (0.5, 0.9, 0.95, 0.99)
@@ -33,6 +33,7 @@ def event(
     status: int = 0,
     scores: tuple[float, ...] = (),
     cache_hit: bool = False,
+    rss_bytes: int = 0,
 ) -> InferenceEvent:
     ev = InferenceEvent(
         event_id=f"e{i}",
@@ -46,6 +47,7 @@ def event(
         cache_hit=cache_hit,
         rows=len(scores) or 1,
         batch_size=len(scores) or 1,
+        process_rss_bytes=rss_bytes,
     )
     ev.latency.total_us = total_us
     ev.latency.queue_us = total_us // 4
@@ -163,3 +165,45 @@ def check_late_events_are_counted_not_aggregated_and_survive_a_restart(store: St
     ).rows
     assert [(int(w), int(r), int(late)) for w, r, late in rows] == [(0, 1, 2), (60, 0, 1), (70, 2, 0), (100, 2, 0)]
     assert store.query("SELECT count() FROM inference_events").scalar() == 8  # raw rows keep late events too
+
+
+def check_process_rss_is_the_max_per_replica_and_round_trips_through_the_store(store: Store) -> None:
+    """Per replica, a window's RSS is the highest of its events' (an unknown 0 never lowers it), the by-version
+    view has the highest over replicas, and a restarted sink reads the stored maximum back (``state_of_row``)."""
+    base = window_now()
+    mib = 2**20
+    rss = [("r0", 0, 300), ("r0", 1, 0), ("r1", 0, 700), ("r0", 1, 900), ("r1", 1, 800), ("r0", 0, 500)]  # MiB
+    sink = InferenceSink(store, topic=topics.INFERENCE)
+    messages = []
+    for i, (replica, partition, rss_mib) in enumerate(rss):
+        ev = event(i, (base + 1) * 1_000_000 + i, replica=replica, rss_bytes=rss_mib * mib)
+        messages.append(Message(partition, i, ev.SerializeToString()))
+    sink.write_batch(messages)
+
+    def per_replica(view: str) -> list[tuple[str, int]]:
+        rows = store.query(
+            f"SELECT replica, process_rss_max_bytes FROM {view} WHERE toUInt32(window_start) = {base} ORDER BY replica"
+        ).rows
+        return [(str(r), int(v) // mib) for r, v in rows]
+
+    assert per_replica("inference_metrics_10s") == [("r0", 900), ("r1", 800)]
+    assert per_replica("inference_metrics_1m") == [("r0", 900), ("r1", 800)]
+    rolled = store.query(
+        f"SELECT process_rss_max_bytes FROM inference_metrics_1m_by_version WHERE toUInt32(window_start) = {base}"
+    ).scalar()
+    assert int(rolled) == 900 * mib
+
+    parts = store.query(
+        f"SELECT {', '.join(STATE_SELECT)} FROM inference_metrics_10s_parts FINAL WHERE toUInt32(window_start) = {base}"
+    ).rows
+    stored = {key_of_row(r)[4:]: state_of_row(r).process_rss_max_bytes // mib for r in parts}
+    assert stored == {("r0", 0): 500, ("r0", 1): 900, ("r1", 0): 700, ("r1", 1): 800}  # (replica, partition)
+
+    restarted = InferenceSink(store, topic=topics.INFERENCE)  # loads the stored rows: lower values change nothing
+    restarted.write_batch(
+        [
+            Message(0, 10, event(10, (base + 2) * 1_000_000, replica="r0", rss_bytes=100 * mib).SerializeToString()),
+            Message(1, 11, event(11, (base + 2) * 1_000_000, replica="r1", rss_bytes=1000 * mib).SerializeToString()),
+        ]
+    )
+    assert per_replica("inference_metrics_10s") == [("r0", 900), ("r1", 1000)]

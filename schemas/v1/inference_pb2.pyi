@@ -53,7 +53,7 @@ class ProducerTotals(_message.Message):
     def __init__(self, dropped: _Optional[int] = ..., spooled: _Optional[int] = ...) -> None: ...
 
 class InferenceEvent(_message.Message):
-    __slots__ = ("event_id", "request_id", "received_us", "sent_us", "model", "version", "label", "replica", "api", "signature", "status_code", "error", "latency", "batch_size", "cache_hit", "rows", "inputs", "outputs", "user_id", "item_ids", "producer")
+    __slots__ = ("event_id", "request_id", "received_us", "sent_us", "model", "version", "label", "replica", "api", "signature", "status_code", "error", "latency", "batch_size", "cache_hit", "rows", "inputs", "outputs", "user_id", "item_ids", "producer", "process_rss_bytes")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_US_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class InferenceEvent(_message.Message):
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     PRODUCER_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     received_us: int
@@ -96,4 +97,5 @@ class InferenceEvent(_message.Message):
     user_id: str
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     producer: ProducerTotals
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., sent_us: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., replica: _Optional[str] = ..., api: _Optional[str] = ..., signature: _Optional[str] = ..., status_code: _Optional[int] = ..., error: _Optional[str] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., rows: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSummary, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputSummary, _Mapping]]] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., producer: _Optional[_Union[ProducerTotals, _Mapping]] = ...) -> None: ...
+    process_rss_bytes: int
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., received_us: _Optional[int] = ..., sent_us: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., label: _Optional[str] = ..., replica: _Optional[str] = ..., api: _Optional[str] = ..., signature: _Optional[str] = ..., status_code: _Optional[int] = ..., error: _Optional[str] = ..., latency: _Optional[_Union[Latency, _Mapping]] = ..., batch_size: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., rows: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSummary, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[OutputSummary, _Mapping]]] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., producer: _Optional[_Union[ProducerTotals, _Mapping]] = ..., process_rss_bytes: _Optional[int] = ...) -> None: ...

@@ -98,6 +98,7 @@ def test_each_predict_publishes_exactly_one_event_with_its_fields(serving, predi
         assert list(event.item_ids) == [str(v) for v in inputs["item_id"][:64]]
     dropped = [e.producer.dropped for e in events]  # the logger's totals, read once per event
     assert dropped == sorted(dropped) and len(set(dropped)) == len(events)
+    assert min(e.process_rss_bytes for e in events) > 10 * 2**20  # the serving process's RSS, stamped by default
     assert {e.producer.spooled for e in events} == {7}
 
 

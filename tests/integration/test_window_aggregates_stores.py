@@ -26,3 +26,7 @@ def test_errors_by_status_scores_and_cache_hits_per_window(store: Store) -> None
 
 def test_late_events_are_counted_not_aggregated_and_survive_a_restart(store: Store) -> None:
     checks.check_late_events_are_counted_not_aggregated_and_survive_a_restart(store)
+
+
+def test_process_rss_is_the_max_per_replica_and_round_trips_through_the_store(store: Store) -> None:
+    checks.check_process_rss_is_the_max_per_replica_and_round_trips_through_the_store(store)

@@ -7,9 +7,9 @@ import random
 
 from schemas import WindowAggregate, topics
 from store import Store
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.inference_sink import InferenceSink, Message, WindowState
 from stream_processors.sketch import LatencySketch
-from stream_processors.window_emitter import WindowEmitter
+from stream_processors.window_emitter import WindowEmitter, aggregate_message
 from tests.store_fixtures import chdb_store
 from tests.window_aggregate_checks import event, window_now
 
@@ -21,7 +21,8 @@ US = 1_000_000
 def _write(
     store: Store, base: int, seconds: range, *, offset0: int = 0, status_every: int = 7
 ) -> dict[tuple[int, str], list[int]]:
-    """Events at the given seconds after ``base`` on 2 partitions and 2 replicas; returns latencies per window."""
+    """Events at the given seconds after ``base`` on 2 partitions and 2 replicas; returns latencies per window.
+    Each event's RSS is 1 KiB per µs of its latency, so a window's max RSS is 1 KiB x its max latency."""
     rng = random.Random(base + offset0)
     sink = InferenceSink(store, topic=topics.INFERENCE)
     latencies: dict[tuple[int, str], list[int]] = {}
@@ -32,7 +33,7 @@ def _write(
         window = base + second // 10 * 10
         latencies.setdefault((window, replica), []).append(total)
         ev = event(offset0 + i, (base + second) * US + i, replica=replica, total_us=total,
-                   status=14 if i % status_every == 0 else 0)  # fmt: skip
+                   status=14 if i % status_every == 0 else 0, rss_bytes=1024 * total)  # fmt: skip
         messages.append(Message(i % 2, (offset0 + i) // 2, ev.SerializeToString()))
     sink.write_batch(messages)
     return latencies
@@ -63,6 +64,7 @@ def test_closed_windows_are_merged_per_replica_and_rolled_up_with_exact_sketches
         assert msg.latency_p99_us == sketch.quantile(0.99) and msg.latency_max_us == max(values)
         assert LatencySketch.from_bytes(msg.latency_sketch).to_arrays() == sketch.to_arrays()
         assert msg.errors == sum(msg.errors_by_status.values())
+        assert msg.process_rss_max_bytes == 1024 * max(values)  # per replica, and over replicas when rolled up
     rolled = got[(base, "")]
     assert rolled.requests == got[(base, "r0")].requests + got[(base, "r1")].requests
 
@@ -86,3 +88,19 @@ def test_an_active_partition_holds_back_windows_its_watermark_has_not_passed(chd
     messages, through = emitter.collect(now_us=(base + 100) * US)
     assert {w for w, _ in _decode(messages)} == {base, base + 10, base + 20, base + 30}
     assert through == base + 50
+
+
+def test_rss_is_the_max_of_the_events_and_of_merged_rows_and_is_published() -> None:
+    mib = 2**20
+    r0p0, r0p1, r1 = WindowState(), WindowState(), WindowState()
+    for state, rss in ((r0p0, 300), (r0p0, 0), (r0p0, 200), (r0p1, 500), (r1, 100)):
+        state.add(event(0, 0, rss_bytes=rss * mib))
+    assert [s.process_rss_max_bytes // mib for s in (r0p0, r0p1, r1)] == [300, 500, 100]  # a 0 (unknown) never lowers
+    r0 = r0p0.copy()
+    r0.merge(r0p1)  # another partition of the same replica
+    rolled = r1.copy()
+    rolled.merge(r0)  # the roll-up over replicas
+    assert r0p0.process_rss_max_bytes == 300 * mib and r0.process_rss_max_bytes == rolled.process_rss_max_bytes
+    msg = aggregate_message(1000, 10, "ranker", 1, "stable", "", rolled)
+    assert WindowAggregate.FromString(msg.SerializeToString()).process_rss_max_bytes == 500 * mib
+    assert aggregate_message(1000, 10, "ranker", 1, "stable", "r2", WindowState()).process_rss_max_bytes == 0.0
