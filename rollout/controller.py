@@ -166,17 +166,8 @@ class RolloutController:
         if state.step + 1 < len(steps):
             weight = steps[state.step + 1]
             reason = f"{state.healthy} healthy windows at weight {steps[state.step]:g}"
-            return state, [
-                _event(
-                    state,
-                    ModelUpdate.WEIGHT_CHANGED,
-                    state.canary,
-                    window_us,
-                    reason,
-                    weight=weight,
-                    step=state.step + 1,
-                )  # fmt: skip
-            ]
+            kind = ModelUpdate.WEIGHT_CHANGED
+            return state, [_event(state, kind, state.canary, window_us, reason, weight=weight, step=state.step + 1)]
         reason = f"{state.healthy} healthy windows at the last step (weight {steps[state.step]:g})"
         return state, [_event(state, ModelUpdate.PROMOTED, state.canary, window_us, reason, step=state.step)]
 
