@@ -428,6 +428,31 @@ ORDER BY series
     return [anomalies, alerts, deliveries, checkpoints]
 
 
+def _deployments(f: Features) -> list[str]:
+    """Every rollout transition (issue 6; ``rollout/``): one row per status event of the model-updates topic,
+    keyed by its ``update_id``, so a transition recorded twice (after a crash) is one row."""
+    lc = f.low_cardinality
+    return [
+        f"""
+CREATE TABLE IF NOT EXISTS deployments (
+    ts DateTime DEFAULT toDateTime(intDiv(ts_us, 1000000)),
+    ts_us Int64,
+    update_id String,
+    model {lc("String")},
+    version Int64,
+    parent_version Int64,
+    action {lc("String")},
+    canary_weight Float64,
+    reason String,
+    actor {lc("String")},
+    caused_by String
+) ENGINE = ReplacingMergeTree()
+PARTITION BY toYYYYMM(ts)
+ORDER BY (model, update_id)
+"""
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "inference events and 10 s metrics", _inference_tables),
     Migration(2, "latency sketches, errors by status, scores, late events; 1 min views", _window_aggregates),
@@ -436,6 +461,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "progress of the closed windows published on the metrics topic", _metrics_emitted),
     Migration(6, "anomalies, alerts, alert deliveries, detector checkpoints", _alerting_tables),
     Migration(7, "serving processes' RSS (max) per replica and window", _process_rss),
+    Migration(8, "rollout transitions: canary deployed, weight changed, promoted, rolled back", _deployments),
 )
 
 
