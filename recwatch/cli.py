@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
     )
 
+    update = sub.add_parser(
+        "update", help="publish a closed-loop command on recwatch.model-updates.v1 (retrain, deploy, promote, rollback)"
+    )
+    update.add_argument("action", choices=("retrain", "deploy", "promote", "rollback"))
+    update.add_argument("model")
+    update.add_argument("--version", type=int, default=0, help="the version to deploy (or to promote/roll back)")
+    update.add_argument("--reason", default="", help="why (kept in the event's lineage)")
+    update.add_argument("--actor", default="", help="who (default: person)")
+
     sql = sub.add_parser("sql", help="run SQL against the store (works while workers run)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -386,6 +395,27 @@ def _alert_receivers(settings: Settings, store: Any) -> list[Any]:
     return receivers
 
 
+def _update(settings: Settings, args: argparse.Namespace) -> int:
+    from confluent_kafka import Producer
+
+    from infra import stack
+    from rollout.commands import command
+    from schemas import ModelUpdate, topics
+
+    try:
+        message = command(args.action, args.model, version=args.version, reason=args.reason, actor=args.actor)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    bootstrap = stack.bootstrap_servers(settings)
+    stack.ensure_recwatch_topics(settings, bootstrap)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topics.MODEL_UPDATES, key=message.model.encode(), value=message.SerializeToString())
+    if producer.flush(30):
+        raise ConfigError(f"the command was not delivered to Kafka at {bootstrap} within 30 s")
+    print(f"{ModelUpdate.Kind.Name(message.kind)} {message.model} v{message.version}: update_id {message.update_id}")
+    return 0
+
+
 def _sql(settings: Settings, args: argparse.Namespace) -> int:
     from infra import stack
     from store import open_store
@@ -452,6 +482,7 @@ _COMMANDS = {
     "serve": _serve,
     "worker": _worker,
     "alerter": _alerter,
+    "update": _update,
     "sql": _sql,
     "demo": _demo,
     "detect": _detect,

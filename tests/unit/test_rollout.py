@@ -199,3 +199,17 @@ def test_killed_at_every_side_effect_the_controller_ends_as_if_never_killed(bad_
         assert len({u.update_id for u in world.topic}) == len(world.topic)
         assert world.serving == clean.serving
         assert world.deployments == clean.deployments
+
+
+def test_hand_commands_carry_their_action_and_refuse_a_deploy_without_version() -> None:
+    from rollout.commands import command
+
+    msg = command("deploy", "ranker", version=3, reason="new features", now_us=5)
+    assert (msg.kind, msg.model, msg.version, msg.ts_us, msg.actor) == (
+        ModelUpdate.DEPLOY_REQUESTED, "ranker", 3, 5, "person",
+    )  # fmt: skip
+    assert command("rollback", "ranker").kind == ModelUpdate.ROLLBACK_REQUESTED
+    with pytest.raises(ValueError, match="needs --version"):
+        command("deploy", "ranker")
+    with pytest.raises(ValueError, match="unknown action"):
+        command("redeploy", "ranker")
