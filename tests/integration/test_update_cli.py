@@ -32,8 +32,9 @@ def test_a_deploy_command_reaches_the_topic(
     try:
         while found is None and time.monotonic() < deadline:
             msg = consumer.poll(1.0)
-            if msg is not None and not msg.error() and msg.key() == model.encode():
-                found = ModelUpdate.FromString(msg.value())
+            value = msg.value() if msg is not None and not msg.error() else None
+            if msg is not None and value is not None and msg.key() == model.encode():
+                found = ModelUpdate.FromString(value)
     finally:
         consumer.close()
     assert found is not None, "the command never arrived"
