@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from infra import processes, stack
 from recwatch.settings import Settings
@@ -134,13 +135,17 @@ def _sql(query: str) -> None:
 class Shop:
     """Shoppers reacting to the ranked lists: the higher an item's score and rank, the likelier a click; some
     clicks become add-to-carts and purchases. Each reaction is a FeedbackEvent on the feedback topic, keyed
-    by the prediction's request id (as a shop's frontend would send them)."""
+    by the prediction's request id (as a shop's frontend would send them).
 
-    def __init__(self, bootstrap: str, seed: int = 11) -> None:
+    ``click_scale`` multiplies every click probability (0.5: CTR halves, a broken product page); it may be
+    changed while the shop runs (``benchmarks/faults``)."""
+
+    def __init__(self, bootstrap: str, seed: int = 11, *, click_scale: float = 1.0) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
         self._rng = random.Random(seed)
+        self.click_scale = click_scale
         self.counts = {"click": 0, "cart": 0, "buy": 0}
 
     def react(self, request_id: str, user_id: str, items: list[int], scores: list[float]) -> None:
@@ -149,7 +154,7 @@ class Shop:
         ranked = sorted(zip(scores, items, strict=True), reverse=True)
         now_us = time.time_ns() // 1000
         for rank, (score, item) in enumerate(ranked[:10]):
-            if self._rng.random() >= 0.25 * max(min(score, 1.0), 0.05) / (1 + rank):
+            if self._rng.random() >= self.click_scale * 0.25 * max(min(score, 1.0), 0.05) / (1 + rank):
                 continue
             behaviors = ["click"]
             if self._rng.random() < 0.3:
@@ -175,22 +180,32 @@ class Shop:
         return dict(self.counts)
 
 
-def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path, shop: Shop) -> int:
-    import grpc
-    import numpy as np
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+class Traffic:
+    """The demo's Predict requests: four of five rank 32 random candidates for a user with the DCN-v2 ranker
+    (``item_id`` 1..5000, ``category_id`` = item mod 97), the fifth asks the SASRec model to rank 32 candidates
+    after a 20-item history.
 
-    from serving.tensors import to_tensor_proto
+    ``drift`` (0..1, may change while traffic runs) is the share of ranker candidates drawn instead from the
+    catalog the ranker was trained on (the items of ``python -m training train --data synthetic``, seed 0): a
+    shifted input distribution. Measured on the demo's ranker (`docs/faults.md`): score mean 0.195 -> 0.259 at
+    drift 0.5, 0.323 at 1.0.
+    """
 
-    channel = grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=120)
-    except grpc.FutureTimeoutError:
-        raise SystemExit(f"the model server did not come up; see {serve_log}") from None
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    rng = np.random.default_rng(7)
-    sent = 0
-    for i in range(n + n // 4):
+    def __init__(self, seed: int = 7, *, drift: float = 0.0) -> None:
+        import numpy as np
+
+        self._rng = np.random.default_rng(seed)
+        self.drift = drift
+        self._catalog: Any = None
+
+    def next(self, i: int) -> tuple[Any, str, list[int]]:
+        """The i-th request, its user id and its candidates."""
+        import numpy as np
+        from tensorflow_serving.apis import predict_pb2
+
+        from serving.tensors import to_tensor_proto
+
+        rng = self._rng
         request = predict_pb2.PredictRequest()
         candidates = rng.integers(1, 5_000, size=32, dtype=np.int64)
         user = str(rng.integers(1, 10_000))
@@ -199,15 +214,45 @@ def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path, shop: S
             request.inputs["history"].CopyFrom(to_tensor_proto(rng.integers(1, 5_000, size=(1, 20), dtype=np.int64)))
             request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates.reshape(1, 32)))
         else:
+            if self.drift > 0:
+                shifted = rng.random(32) < self.drift
+                candidates = np.where(shifted, rng.choice(self.catalog(), size=32), candidates)
             request.model_spec.name = MODEL
             request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, int(user), dtype=np.int64)))
             request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates))
             request.inputs["category_id"].CopyFrom(to_tensor_proto(candidates % 97))
+        return request, user, [int(c) for c in candidates]
+
+    def catalog(self) -> Any:
+        """Item ids of the synthetic training log (generated once, ~0.2 s)."""
+        if self._catalog is None:
+            import numpy as np
+
+            from training.synthetic import generate
+
+            self._catalog = np.unique(generate(20_000, seed=0).item)  # the trainer's --data synthetic defaults
+        return self._catalog
+
+
+def _send_traffic(n: int, run_id: str, serve_pid: Path, serve_log: Path, shop: Shop, *, drift: float = 0.0) -> int:
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{GRPC_PORT}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=120)
+    except grpc.FutureTimeoutError:
+        raise SystemExit(f"the model server did not come up; see {serve_log}") from None
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    traffic = Traffic(drift=drift)
+    sent = 0
+    for i in range(n + n // 4):
+        request, user, candidates = traffic.next(i)
         request_id = f"demo-{run_id}-{i}"
         response = stub.Predict(request, timeout=10, metadata=[("x-request-id", request_id)])
         scores = list(next(iter(response.outputs.values())).float_val)
         if len(scores) == len(candidates):
-            shop.react(request_id, user, [int(c) for c in candidates], scores)
+            shop.react(request_id, user, candidates, scores)
         sent += 1
     channel.close()
     return sent

@@ -209,12 +209,18 @@ class ModelServer:
             cache_stats=cache.stats if cache is not None else None,
             queue_depth=batcher.queued_requests if batcher is not None else None,
         )
+        run: Executor | None = self._executor_override or batcher
+        if opts.fault_file is not None:  # tests and demos only: latency, errors, a leak (serving/faults.py)
+            from serving.faults import FaultInjector, FaultyExecutor
+            from serving.predict import DirectExecutor
+
+            run = FaultyExecutor(run or DirectExecutor(), FaultInjector(opts.fault_file))
         predictor = Predictor(
             manager,
             self._publisher,
             replica=replica,
             clock=self._clock,
-            executor=self._executor_override or batcher,
+            executor=run,
             cache=cache,
             observers=[metrics],
             in_flight=in_flight,
