@@ -3,7 +3,9 @@
 infra up -> a DCN-v2 ranker and a SASRec recommender -> ``recwatch serve`` and ``recwatch worker`` as real
 processes -> N Predict calls through the official tensorflow-serving-api client, while a simulated shop
 publishes what shoppers did with the ranked items (clicks, carts, buys) to the feedback topic -> wait until the
-store holds every event and every click -> print latency percentiles and CTR with SQL -> stop everything.
+store holds every event and every click -> print latency percentiles and CTR with SQL -> ``recwatch alerter``,
+steady traffic, a 60 s latency fault, the alert in the store, Alertmanager and a signed webhook, its resolution
+(``recwatch/demo_alerting.py``) -> stop everything.
 """
 
 from __future__ import annotations
@@ -57,14 +59,20 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
         cli = [sys.executable, "-m", "recwatch.cli"]
         serve_pid = run_dir / "serve.pid"
         worker_pid = run_dir / "worker.pid"
+        fault_file = run_dir / "faults.json"
+        fault_file.write_text("{}\n")
         processes.spawn(
-            [*cli, "serve", "--model_config_file", str(config), "--port", str(GRPC_PORT), "--replica", "demo-0"],
+            [*cli, "serve", "--model_config_file", str(config), "--port", str(GRPC_PORT), "--replica", "demo-0",
+             "--fault_file", str(fault_file)],
             pid_file=serve_pid, log_file=run_dir / "serve.log",
         )  # fmt: skip
         started.append(serve_pid)
-        processes.spawn([*cli, "worker"], pid_file=worker_pid, log_file=run_dir / "worker.log")
+        # windows are published once 5 s of lateness have passed (default 30 s), so the demo's alert comes sooner
+        processes.spawn(
+            [*cli, "worker", "--allowed-lateness", "5"], pid_file=worker_pid, log_file=run_dir / "worker.log"
+        )
         started.append(worker_pid)
-        print(f"logs: {run_dir}/serve.log, {run_dir}/worker.log")
+        print(f"logs: {run_dir}/serve.log, {run_dir}/worker.log, {run_dir}/alerter.log")
 
         _step(
             f"traffic: {requests} Predict calls to {MODEL} (1 user x 32 candidates) and {requests // 4} to {SEQ_MODEL} "
@@ -115,9 +123,23 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
                 "round(sum(bought_impressions) / sum(impressions), 4) AS conversion "
                 "FROM business_metrics_1m WHERE window_start >= now() - INTERVAL 10 MINUTE GROUP BY model, version"
             )
+            from recwatch.demo_alerting import alerting_story
+
+            alerted = alerting_story(
+                cli=cli,
+                run_dir=run_dir,
+                fault_file=fault_file,
+                grpc_target=f"127.0.0.1:{GRPC_PORT}",
+                bootstrap=stack.bootstrap_servers(settings),
+                store=store,
+                alertmanager_url=stack.alertmanager_url(settings),
+                pid_files=started,
+                step=_step,
+                sql=_sql,
+            )
         finally:
             store.close()
-        return 0 if seen == sent else 1
+        return 0 if seen == sent and alerted else 1
     finally:
         _step("stopping")
         for pid_file in reversed(started):

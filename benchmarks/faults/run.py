@@ -42,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from types import FrameType
 from typing import Any
 
 from infra.processes import port_free
+from recwatch.demo_alerting import Pacer
 
 ROOT = Path(__file__).resolve().parents[2]
 FAULTS = ("latency", "errors", "leak", "drift", "ctr")
@@ -119,90 +119,6 @@ class Report:
     traffic: dict[str, int]
     settings: dict[str, Any]
     wall_s: float = 0.0
-
-
-class Pacer:
-    """Steady Predict traffic and shop feedback from a thread, asynchronously (a slow fault must not slow the
-    offered rate); at most ``max_in_flight`` calls in flight, the rest counted as skipped."""
-
-    def __init__(self, target: str, bootstrap: str, rate: float, max_in_flight: int = 64) -> None:
-        from recwatch.demo import Shop, Traffic
-
-        self.traffic = Traffic(seed=7)
-        self.shop = Shop(bootstrap, seed=11)
-        self.target = target
-        self.rate = rate
-        self.max_in_flight = max_in_flight
-        self.counts = {"sent": 0, "ok": 0, "failed": 0, "skipped": 0}
-        self._in_flight = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fault-traffic", daemon=True)
-        self.started_at = 0.0
-
-    def start(self) -> None:
-        import grpc
-
-        channel = grpc.insecure_channel(self.target)
-        try:
-            grpc.channel_ready_future(channel).result(timeout=180)
-        except grpc.FutureTimeoutError:
-            channel.close()
-            raise SystemExit("the model server did not come up (see serve.log)") from None
-        self._channel = channel
-        self.started_at = time.monotonic()
-        self._thread.start()
-
-    def _run(self) -> None:
-        from tensorflow_serving.apis import prediction_service_pb2_grpc
-
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        run_id = uuid.uuid4().hex[:8]
-        interval = 1.0 / self.rate
-        next_at = time.monotonic()
-        i = 0
-        while not self._stop.is_set():
-            delay = next_at - time.monotonic()
-            if delay > 0 and self._stop.wait(delay):
-                break
-            next_at += interval
-            with self._lock:
-                if self._in_flight >= self.max_in_flight:
-                    self.counts["skipped"] += 1
-                    continue
-                self._in_flight += 1
-                self.counts["sent"] += 1
-            request, user, candidates = self.traffic.next(i)
-            request_id = f"faults-{run_id}-{i}"
-            i += 1
-            future = stub.Predict.future(request, timeout=10, metadata=[("x-request-id", request_id)])
-            future.add_done_callback(lambda f, r=request_id, u=user, c=candidates: self._done(f, r, u, c))
-
-    def _done(self, future: Any, request_id: str, user: str, candidates: list[int]) -> None:
-        try:
-            response = future.result()
-        except Exception:  # grpc.RpcError: the injected errors (and any real one) are what the pipeline sees
-            ok = False
-        else:
-            ok = True
-            scores = list(next(iter(response.outputs.values())).float_val)
-            if len(scores) == len(candidates):
-                self.shop.react(request_id, user, candidates, scores)
-        with self._lock:
-            self._in_flight -= 1
-            self.counts["ok" if ok else "failed"] += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        deadline = time.monotonic() + 15
-        while self._in_flight and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if hasattr(self, "_channel"):
-            self._channel.close()
-        with contextlib.suppress(SystemExit):
-            self.shop.close()
 
 
 class Harness:
