@@ -35,6 +35,7 @@ from typing import Any
 from alerting.webhook import alert_status, encode_body, signed_headers, webhook_payload
 from schemas import Alert
 from store import Store
+from store.sql import string_literal
 
 __all__ = ["Delivery", "DeliveryOutbox", "SendReport", "WebhookReceiver", "WebhookSender"]
 
@@ -43,11 +44,6 @@ log = logging.getLogger(__name__)
 TABLE = "alert_deliveries"
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 US = 1_000_000
-
-
-def sql_string(value: str) -> str:
-    """``value`` as a ClickHouse string literal (backslash and single quote escaped; works on 18.16)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 @dataclass(frozen=True)
@@ -185,7 +181,7 @@ class DeliveryOutbox:
 
     def get(self, delivery_id: str) -> Delivery | None:
         """The latest state of a delivery, or None."""
-        found = self._latest(where=f"WHERE delivery_id = {sql_string(delivery_id)}")
+        found = self._latest(where=f"WHERE delivery_id = {string_literal(delivery_id)}")
         return found[0] if found else None
 
     def due(self, now_us: int, *, limit: int = 100) -> list[Delivery]:

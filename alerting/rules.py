@@ -34,6 +34,7 @@ from typing import Literal
 
 from detection.series import Point
 from schemas import Alert
+from store.sql import string_literal
 
 __all__ = ["ALERTNAMES", "AlertEvent", "AlertRules", "fingerprint", "series_sql"]
 
@@ -201,11 +202,6 @@ def _new_alert(fp: str, alertname: str, severity: str, p: Point) -> Alert:
     return alert
 
 
-def _quote(text: str) -> str:
-    """A ClickHouse string literal (backslash and quote escaped; works on 18.16)."""
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def series_sql(
     metric: str, model: str, version: int, label: str, ts_us: int, around_s: int = 600, *, replica: str = ""
 ) -> str:
@@ -218,11 +214,11 @@ def series_sql(
     start = ts_us // _US - around_s
     end = ts_us // _US + around_s
     where = (
-        f"model = {_quote(model)} AND version = {int(version)} AND label = {_quote(label)}\n"
+        f"model = {string_literal(model)} AND version = {int(version)} AND label = {string_literal(label)}\n"
         f"  AND window_start >= toDateTime({start}) AND window_start < toDateTime({end})"
     )
     if replica:
-        where += f" AND replica = {_quote(replica)}"
+        where += f" AND replica = {string_literal(replica)}"
     if metric == "process_rss_bytes":
         return (
             "SELECT window_start, replica, requests, process_rss_max_bytes\n"

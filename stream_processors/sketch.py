@@ -202,6 +202,11 @@ class LatencySketch:
             out.append(representative(keys[i]))
         return out
 
+    def count_above(self, value: float) -> int:
+        """How many values exceed ``value``, to the sketch's resolution: the counts of the buckets whose
+        representative is above it (a value within the relative error of ``value`` may fall either side)."""
+        return sum(n for key, n in self._buckets.items() if representative(key) > value)
+
     # --------------------------------------------------------------------------------------- encodings
 
     def to_arrays(self) -> tuple[list[int], list[int]]:

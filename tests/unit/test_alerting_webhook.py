@@ -162,7 +162,9 @@ def test_notification_id_is_stable_per_notification() -> None:
 
 
 def test_sql_string_escapes_quotes_and_backslashes() -> None:
-    assert outbox.sql_string("it's a \\ path") == "'it\\'s a \\\\ path'"
+    from store.sql import string_literal
+
+    assert string_literal("it's a \\ path") == "'it\\'s a \\\\ path'"
 
 
 def test_docstring_example_runs() -> None:

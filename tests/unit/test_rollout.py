@@ -213,3 +213,31 @@ def test_hand_commands_carry_their_action_and_refuse_a_deploy_without_version() 
         command("deploy", "ranker")
     with pytest.raises(ValueError, match="unknown action"):
         command("redeploy", "ranker")
+
+
+def test_file_serving_writes_what_recwatch_serve_reads(tmp_path) -> None:
+    from rollout.serving_files import FileServing
+    from serving.config import parse_canary_weights, parse_model_server_config
+
+    config = tmp_path / "models.config"
+    config.write_text(
+        'model_config_list {\n  config { name: "ranker" base_path: "/m/ranker" model_platform: "tensorflow" }\n'
+        '  config { name: "seq" base_path: "/m/seq" model_platform: "tensorflow" }\n}\n'
+    )
+    weights = tmp_path / "weights.json"
+    serving = FileServing(config, weights)
+
+    serving.apply("ranker", 1, 2, 0.1)
+    ranker, seq = parse_model_server_config(config.read_text())
+    assert ranker.policy.versions == (1, 2) and dict(ranker.labels) == {"stable": 1, "canary": 2}
+    assert seq.labels == {} and seq.policy.kind == "latest"  # other models untouched
+    assert parse_canary_weights(weights.read_text()) == {"ranker": 0.1}
+
+    stamp = config.stat().st_mtime_ns
+    serving.apply("ranker", 1, 2, 0.1)  # reconciling an unchanged state rewrites nothing
+    assert config.stat().st_mtime_ns == stamp
+
+    serving.apply("ranker", 2, 0, 0.0)  # promoted
+    [ranker, _] = parse_model_server_config(config.read_text())
+    assert ranker.policy.versions == (2,) and dict(ranker.labels) == {"stable": 2}
+    assert parse_canary_weights(weights.read_text()) == {"ranker": 0.0}

@@ -278,3 +278,19 @@ def test_docstring_examples() -> None:
     result = doctest.testmod(sketch_module)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_count_above_matches_the_exact_count_outside_the_error_band() -> None:
+    import random
+
+    from stream_processors.sketch import LatencySketch
+
+    rng = random.Random(3)
+    values = [rng.lognormvariate(9.0, 0.6) for _ in range(20_000)]
+    sketch = LatencySketch()
+    sketch.add_many(values)
+    for threshold in (2_000.0, 8_000.0, 20_000.0, 60_000.0):
+        exact_lo = sum(v > threshold * 1.02 for v in values)
+        exact_hi = sum(v > threshold * 0.98 for v in values)
+        assert exact_lo <= sketch.count_above(threshold) <= exact_hi
+    assert sketch.count_above(0.0) == len(values) and sketch.count_above(1e12) == 0
