@@ -118,6 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--reason", default="", help="why (kept in the event's lineage)")
     update.add_argument("--actor", default="", help="who (default: person)")
 
+    controller = sub.add_parser(
+        "controller", help="the rollout controller: canary steps, promotion and rollback from live windows (rollout/)"
+    )
+    controller.add_argument("--model_config_file", type=Path, required=True, help="the file recwatch serve watches")
+    controller.add_argument(
+        "--canary_weights_file", type=Path, required=True, help="the canary weights file recwatch serve watches"
+    )
+    controller.add_argument("--steps", default="0.05,0.25,0.5", help="canary weights, rising (default 0.05,0.25,0.5)")
+    controller.add_argument("--healthy-windows", type=int, default=3, help="healthy windows per step (default 3)")
+    controller.add_argument("--window-seconds", type=int, default=60, help="comparison window (default 60)")
+    controller.add_argument(
+        "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
+    )
+
     sql = sub.add_parser("sql", help="run SQL against the store (works while workers run)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -416,6 +430,56 @@ def _update(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _controller(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from infra import stack
+    from rollout.controller import RolloutPolicy
+    from rollout.service import ControllerService, stable_versions
+    from rollout.serving_files import FileServing
+    from store import migrate, open_store
+
+    try:
+        policy = RolloutPolicy(
+            steps=tuple(float(w) for w in args.steps.split(",")), healthy_windows_per_step=args.healthy_windows
+        )
+    except ValueError as exc:
+        raise ConfigError(f"--steps / --healthy-windows: {exc}") from None
+    stable = stable_versions(args.model_config_file)
+    bootstrap = stack.bootstrap_servers(settings)
+    stack.ensure_recwatch_topics(settings, bootstrap)
+    store = open_store(stack.store_url(settings))
+    store.connect()
+    migrate(store)
+    service = ControllerService(
+        store,
+        bootstrap,
+        FileServing(args.model_config_file, args.canary_weights_file),
+        stable,
+        policy=policy,
+        window_s=args.window_seconds,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.once_seconds is not None:
+        timer = threading.Timer(args.once_seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    service.start()
+    logging.getLogger("recwatch.controller").info(
+        "controlling %s", ", ".join(f"{m} (stable v{v})" for m, v in stable.items())
+    )
+    try:
+        service.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+        store.close()
+    return 0
+
+
 def _sql(settings: Settings, args: argparse.Namespace) -> int:
     from infra import stack
     from store import open_store
@@ -483,6 +547,7 @@ _COMMANDS = {
     "worker": _worker,
     "alerter": _alerter,
     "update": _update,
+    "controller": _controller,
     "sql": _sql,
     "demo": _demo,
     "detect": _detect,

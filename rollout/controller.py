@@ -175,7 +175,7 @@ class RolloutController:
         """A person's PROMOTE_REQUESTED / ROLLBACK_REQUESTED for the canary in progress."""
         if state.phase != "canary" or (cmd.version and cmd.version != state.canary):
             return []
-        who = replace(state, caused_by=cmd.update_id or state.caused_by)
+        who = replace(state, caused_by=cmd.update_id)
         if cmd.kind == ModelUpdate.PROMOTE_REQUESTED:
             return [_event(who, ModelUpdate.PROMOTED, state.canary, cmd.ts_us, cmd.reason or "promoted by request")]
         if cmd.kind == ModelUpdate.ROLLBACK_REQUESTED:

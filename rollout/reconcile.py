@@ -56,6 +56,7 @@ class Deployments(Protocol):
     def record(self, update: ModelUpdate) -> None: ...
 
 
+COMMAND_KINDS = frozenset((ModelUpdate.DEPLOY_REQUESTED, ModelUpdate.PROMOTE_REQUESTED, ModelUpdate.ROLLBACK_REQUESTED))
 STATUS_KINDS = frozenset(
     (ModelUpdate.CANARY_DEPLOYED, ModelUpdate.WEIGHT_CHANGED, ModelUpdate.PROMOTED, ModelUpdate.ROLLED_BACK)
 )
@@ -94,8 +95,15 @@ class Reconciler:
                 state = judged
         return state
 
+    def pending_commands(self) -> list[ModelUpdate]:
+        """The deploy / promote / rollback commands on the topic that no event answers yet: each event's
+        ``caused_by`` is the ``update_id`` of what caused it, so an answered command is named by one."""
+        updates = self.topic.updates(self.model)
+        answered = {u.caused_by for u in updates if u.kind not in COMMAND_KINDS}
+        return [u for u in updates if u.kind in COMMAND_KINDS and u.update_id not in answered]
+
     def tick(self, commands: Sequence[ModelUpdate] = (), now_us: int = 0) -> list[ModelUpdate]:
-        """One round; returns the events published in it."""
+        """One round with ``commands`` (e.g. :meth:`pending_commands`); returns the events published in it."""
         state = self.state()
         self.serving.apply(self.model, *state.desired())
         for update in self.topic.updates(self.model):  # a record lost in a crash is written now
@@ -106,7 +114,7 @@ class Reconciler:
         for cmd in commands:
             if cmd.kind == ModelUpdate.DEPLOY_REQUESTED:
                 decided = self.controller.deploy(
-                    state, version=cmd.version, caused_by=cmd.caused_by or cmd.update_id, ts_us=cmd.ts_us or now_us
+                    state, version=cmd.version, caused_by=cmd.update_id, ts_us=cmd.ts_us or now_us
                 )
             else:
                 decided = self.controller.command(state, cmd)
