@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import threading
 import time
@@ -171,10 +172,10 @@ def alerting_story(
     """Run the story; True when the latency alert fired and reached its receivers."""
     from alerting.alertmanager import AlertmanagerClient, AlertmanagerError
 
-    secret = secrets.token_bytes(32)
-    hook = WebhookReceiver(secret)
+    secret = secrets.token_hex(32)  # RECWATCH_ALERT_WEBHOOK_SECRET's UTF-8 bytes are the HMAC key
+    hook = WebhookReceiver(secret.encode())
     alerter_pid = run_dir / "alerter.pid"
-    env = {"RECWATCH_ALERT_WEBHOOK_URL": hook.url, "RECWATCH_ALERT_WEBHOOK_SECRET": secret.hex()}
+    env = {**os.environ, "RECWATCH_ALERT_WEBHOOK_URL": hook.url, "RECWATCH_ALERT_WEBHOOK_SECRET": secret}
     processes.spawn([*cli, "alerter"], pid_file=alerter_pid, log_file=run_dir / "alerter.log", env=env)
     pid_files.append(alerter_pid)
     pacer = Pacer(grpc_target, bootstrap, rate)
@@ -207,9 +208,9 @@ def alerting_story(
             print("no latency alert fired within 3 minutes of the fault; see alerter.log")
             return False
         starts_at_us, summary = fired
-        delay_s = (starts_at_us - fault_us) / 1e6
+        delay = starts_at_us // 10_000_000 - fault_us // 10_000_000
         print(f"{_clock()} FIRING {LATENCY_ALERT}: {summary}")
-        print(f"  first anomalous window starts {delay_s:+.0f} s from the fault's start")
+        print(f"  detection delay: {delay} window(s) after the 10 s window the fault started in")
         sql(
             "SELECT ts, metric, model, version, round(value) AS value, round(score, 3) AS score FROM anomalies "
             f"WHERE ts_us >= {fault_us - 10_000_000} ORDER BY ts, metric, model LIMIT 12"
