@@ -14,21 +14,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from infra import processes
-from infra.errors import MissingToolError, StartupError
+from infra.apt import ensure_package
+from infra.errors import StartupError
 
 PACKAGE = "prometheus-alertmanager"
-POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 NULL_RECEIVER = "recwatch-null"
 WEBHOOK_RECEIVER = "recwatch-webhook"
 GROUP_BY = ("alertname", "model", "version", "label", "metric")
-_POLICY_SCRIPT = f"#!/bin/sh\n# written by recwatch while installing {PACKAGE}: start no services\nexit 101\n"
 
 
 @dataclass(frozen=True)
@@ -50,65 +48,8 @@ def _find_binary() -> Path | None:
 
 
 def ensure_installed() -> Path:
-    """The server binary; installs Debian's ``prometheus-alertmanager`` non-interactively when it is missing."""
-    binary = _find_binary()
-    if binary is not None:
-        return binary
-    hint = f"Install it with: sudo apt-get install --no-install-recommends {PACKAGE}"
-    if shutil.which("apt-get") is None:
-        raise MissingToolError(PACKAGE, f"apt-get is not available to install it. {hint}")
-    sudo: list[str] = []
-    if os.geteuid() != 0:
-        if shutil.which("sudo") is None:
-            raise MissingToolError(PACKAGE, f"Not running as root and sudo is not available. {hint}")
-        sudo = ["sudo", "-n"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [
-        *sudo,
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "-o",
-        "DPkg::Lock::Timeout=600",
-        "-o",
-        "Dpkg::Options::=--force-confdef",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        PACKAGE,
-    ]
-    # The package's postinst enables and starts a system service on 0.0.0.0:9093/9094: deny it.
-    created_policy = _deny_service_starts(sudo)
-    try:
-        result = _run(install, env)
-        if result.returncode != 0:  # stale package lists: refresh once and retry
-            _run([*sudo, "apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=600"], env)
-            result = _run(install, env)
-    finally:
-        if created_policy:
-            _run([*sudo, "rm", "-f", str(POLICY_RC_D)], env)
-    binary = _find_binary()
-    if result.returncode != 0 or binary is None:
-        tail = "\n".join((result.stdout or "").strip().splitlines()[-15:])
-        raise MissingToolError(PACKAGE, f"apt-get install failed (exit {result.returncode}):\n{tail}\n{hint}")
-    return binary
-
-
-def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-
-
-def _deny_service_starts(sudo: list[str]) -> bool:
-    """Put a ``policy-rc.d`` that denies every service start in place; True if we created it."""
-    # The same logic as infra.clickhouse_server's, with this package's name in the script's comment.
-    if POLICY_RC_D.exists():
-        return False
-    script = f"printf '%s' '{_POLICY_SCRIPT}' > {POLICY_RC_D} && chmod 755 {POLICY_RC_D}"
-    result = subprocess.run([*sudo, "sh", "-c", script], stdin=subprocess.DEVNULL, capture_output=True)
-    return result.returncode == 0
+    """The server binary; installs Debian's ``prometheus-alertmanager`` when it is missing (``infra.apt``)."""
+    return ensure_package(PACKAGE, _find_binary)
 
 
 # ----------------------------------------------------------------------------------------------- files
