@@ -232,11 +232,12 @@ class FaultInjector:
         self._leak_runner.start()
 
     def close(self) -> None:
-        """Release the leak and stop its thread."""
-        self._release_leak()
+        """Stop the leak thread and release what it holds (the server calls this when it stops)."""
+        self._leak_stop.set()
         runner, self._leak_runner = self._leak_runner, None
         if runner is not None:
             runner.join()
+        self._release_leak()
 
 
 def _resident(n: int) -> mmap.mmap:

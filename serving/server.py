@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from serving.batching import BatchingExecutor, BatchingParameters
     from serving.cache import LruResultCache
+    from serving.faults import FaultInjector
     from serving.model_repository import LoadedModel
     from serving.predict import Clock, Executor
     from serving.rest import RestServer
@@ -110,6 +111,7 @@ class ModelServer:
         self._poller: threading.Thread | None = None
         self._mtimes: dict[Path, float] = {}
         self._batcher: BatchingExecutor | None = None
+        self._faults: FaultInjector | None = None  # --fault_file (tests and demos only)
         self._cache: LruResultCache | None = None
 
     @property
@@ -214,7 +216,8 @@ class ModelServer:
             from serving.faults import FaultInjector, FaultyExecutor
             from serving.predict import DirectExecutor
 
-            run = FaultyExecutor(run or DirectExecutor(), FaultInjector(opts.fault_file))
+            self._faults = FaultInjector(opts.fault_file)
+            run = FaultyExecutor(run or DirectExecutor(), self._faults)
         predictor = Predictor(
             manager,
             self._publisher,
@@ -316,6 +319,8 @@ class ModelServer:
             executor.shutdown(wait=True)
         if self._batcher is not None:
             self._batcher.close()
+        if self._faults is not None:
+            self._faults.close()
 
     def serve_forever(self, stop_event: threading.Event | None = None, *, grace_s: float = 5.0) -> None:
         """Start if needed, serve until ``stop_event`` is set or SIGTERM/SIGINT arrives, then :meth:`stop`.

@@ -100,3 +100,21 @@ def test_clearing_the_file_restores_normal_answers(faulty: Served, predict_reque
         request, _ = predict_request(8, seed=seed)
         faulty.stub.Predict(request, timeout=10)
     assert faulty.publisher.events[-1].status_code == 0 and faulty.publisher.events[-1].error == ""
+
+
+def test_stopping_the_server_ends_a_leak_and_its_thread(tmp_path: Path, tiny_model_base: Path, predict_request) -> None:
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    fault_file = tmp_path / "faults.json"
+    fault_file.write_text(json.dumps({"leak_bytes_per_s": 1 << 20, "leak_max_bytes": 8 << 20}))
+    server = ModelServer(
+        ServeOptions("ranker", tiny_model_base, port=0, max_workers=2, poll_wait_s=0, fault_file=fault_file),
+        InMemoryPublisher(),
+    )
+    server.start()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        request, _ = predict_request(4)
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=10)  # reads the file
+    assert any(t.name == "fault-leak" for t in threading.enumerate())
+    server.stop(grace_s=2.0)  # the file still asks for a leak: stop() must end it anyway, at once
+    assert not any(t.name == "fault-leak" and t.is_alive() for t in threading.enumerate())
