@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -241,3 +242,39 @@ def test_file_serving_writes_what_recwatch_serve_reads(tmp_path) -> None:
     [ranker, _] = parse_model_server_config(config.read_text())
     assert ranker.policy.versions == (2,) and dict(ranker.labels) == {"stable": 2}
     assert parse_canary_weights(weights.read_text()) == {"ranker": 0.0}
+
+
+def _alert(name: str, *, model: str = "ranker", label: str = "stable", start_s: int = 0, fp: str = "f") -> Any:
+    from schemas import Alert
+
+    alert = Alert(fingerprint=fp, status=Alert.FIRING, starts_at_us=start_s * 1_000_000)
+    alert.labels.update(alertname=name, model=model, version="3", label=label, metric="score_mean")
+    return alert
+
+
+def test_sustained_drift_asks_for_one_retrain_per_model_and_interval() -> None:
+    from rollout.rules import RetrainRules
+
+    rules = RetrainRules(min_firing_s=60, min_interval_s=3600)
+    drift, ctr = _alert("RecwatchScoreMeanDrift", fp="a"), _alert("RecwatchCtrLow", fp="b")
+    assert rules.consider(drift, now_us=59 * 10**6) is None  # a blip is not sustained
+    first = rules.consider(drift, now_us=61 * 10**6)
+    assert first is not None and first.caused_by == "a" and first.actor == "rules"
+    assert rules.consider(drift, now_us=120 * 10**6) is None  # the same alert: answered
+    assert rules.consider(ctr, now_us=120 * 10**6) is None  # another alert of the model: rate-limited
+    assert rules.consider(ctr, now_us=3700 * 10**6) is not None  # an hour later it may retrain again
+    assert rules.consider(_alert("RecwatchLatencyP99High", fp="c"), now_us=10**10) is None  # not a trigger
+    assert rules.consider(_alert("RecwatchScoreMeanDrift", label="canary", fp="d"), now_us=10**10) is None
+
+    restarted = RetrainRules(min_firing_s=60, min_interval_s=3600)
+    restarted.replay([first])
+    assert restarted.consider(drift, now_us=200 * 10**6) is None  # rebuilt from the topic: no second retrain
+
+
+@pytest.mark.parametrize("module", ["rollout.compare", "rollout.controller", "rollout.rules"])
+def test_the_examples_in_the_docstrings_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
