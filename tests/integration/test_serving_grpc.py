@@ -254,6 +254,10 @@ def test_stop_drains_in_flight_calls_and_frees_the_port(tiny_model_base, predict
         channel.close()
         server.stop(grace_s=0)
     assert len(publisher.events) == 1
+    # grpc's cancel_all_calls_after_grace helper may still be on its way out once stop() returned: give exiting
+    # threads a moment; one that keeps running is a leak
+    for thread in set(threading.enumerate()) - threads_before:
+        thread.join(timeout=10)
     assert set(threading.enumerate()) <= threads_before  # worker threads are released
     restarted = ModelServer(ServeOptions(model_name, tiny_model_base, port=port), publisher)
     restarted.start()
