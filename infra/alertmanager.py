@@ -12,15 +12,13 @@ and, when ``start`` is given a ``webhook_url``, also to a webhook that receives 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from infra import processes
-from infra.apt import ensure_package
+from infra.apt import ensure_package, find_binary
 from infra.errors import StartupError
 
 PACKAGE = "prometheus-alertmanager"
@@ -42,9 +40,7 @@ class AlertmanagerServer:
 
 
 def _find_binary() -> Path | None:
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/sbin"])
-    found = shutil.which(PACKAGE, path=search)
-    return Path(found) if found else None
+    return find_binary(PACKAGE)
 
 
 def ensure_installed() -> Path:

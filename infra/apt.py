@@ -19,6 +19,17 @@ from infra.errors import MissingToolError
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
 
+def find_binary(*names: str) -> Path | None:
+    """The first of ``names`` on PATH or in /usr/sbin and /usr/bin (Debian puts servers in /usr/sbin, which is not
+    on a normal user's PATH)."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
+    for name in names:
+        found = shutil.which(name, path=search)
+        if found:
+            return Path(found)
+    return None
+
+
 def ensure_package(package: str, find_binary: Callable[[], Path | None]) -> Path:
     """``find_binary()``, installing ``package`` with apt-get first when it finds nothing. Raises
     MissingToolError (with the command to run by hand) when it cannot install."""

@@ -8,8 +8,6 @@ Debian package's system service is never started: the install runs with a ``poli
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -20,7 +18,7 @@ from xml.sax.saxutils import escape
 from clickhouse_driver import Client
 
 from infra import processes
-from infra.apt import ensure_package
+from infra.apt import ensure_package, find_binary
 from infra.errors import StartupError
 
 DATABASE = "recwatch"
@@ -41,13 +39,7 @@ class ClickHouseServer:
 
 
 def _find_binary() -> Path | None:
-    # Debian installs /usr/sbin/clickhouse-server, which is not on a normal user's PATH.
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
-    for name in _BINARY_CANDIDATES:
-        found = shutil.which(name, path=search)
-        if found:
-            return Path(found)
-    return None
+    return find_binary(*_BINARY_CANDIDATES)
 
 
 def _server_argv(binary: Path, config: Path) -> list[str]:

@@ -328,16 +328,38 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker(settings: Settings, args: argparse.Namespace) -> int:
+def _kafka_and_store(settings: Settings) -> tuple[str, Any]:
+    """Kafka's bootstrap servers (recwatch's topics created where missing) and the store, connected and migrated:
+    what every long-running consumer starts with."""
     from infra import stack
     from store import migrate, open_store
-    from stream_processors.app import WorkerSettings, run_worker
 
     bootstrap = stack.bootstrap_servers(settings)
     stack.ensure_recwatch_topics(settings, bootstrap)
     store = open_store(stack.store_url(settings))
     store.connect()
     migrate(store)
+    return bootstrap, store
+
+
+def _stop_event(once_seconds: float | None) -> Any:
+    """An Event set on SIGTERM, and after ``once_seconds`` when given (``--once-seconds``)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if once_seconds is not None:
+        timer = threading.Timer(once_seconds, stop.set)
+        timer.daemon = True
+        timer.start()
+    return stop
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from stream_processors.app import WorkerSettings, run_worker
+
+    bootstrap, store = _kafka_and_store(settings)
     worker_settings = WorkerSettings(
         bootstrap=bootstrap,
         data_dir=settings.home / "worker" / args.group,
@@ -353,24 +375,10 @@ def _worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _alerter(settings: Settings, args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from alerting.service import AlertService, LoggingNotifier
-    from infra import stack
-    from store import migrate, open_store
 
-    bootstrap = stack.bootstrap_servers(settings)
-    stack.ensure_recwatch_topics(settings, bootstrap)
-    store = open_store(stack.store_url(settings))
-    store.connect()
-    migrate(store)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    timer = threading.Timer(args.once_seconds or 0.0, stop.set)
-    timer.daemon = True
-    if args.once_seconds is not None:
-        timer.start()
+    bootstrap, store = _kafka_and_store(settings)
+    stop = _stop_event(args.once_seconds)
     receivers = _alert_receivers(settings, store)
     service = AlertService(
         store, bootstrap, notifiers=[LoggingNotifier(), *receivers], group_id=args.group, threshold=args.threshold
@@ -382,7 +390,6 @@ def _alerter(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        timer.cancel()
         for receiver in receivers:
             receiver.stop()
         store.close()
@@ -431,14 +438,9 @@ def _update(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _controller(settings: Settings, args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from infra import stack
     from rollout.controller import RolloutPolicy
     from rollout.service import ControllerService, stable_versions
     from rollout.serving_files import FileServing
-    from store import migrate, open_store
 
     try:
         policy = RolloutPolicy(
@@ -447,11 +449,7 @@ def _controller(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--steps / --healthy-windows: {exc}") from None
     stable = stable_versions(args.model_config_file)
-    bootstrap = stack.bootstrap_servers(settings)
-    stack.ensure_recwatch_topics(settings, bootstrap)
-    store = open_store(stack.store_url(settings))
-    store.connect()
-    migrate(store)
+    bootstrap, store = _kafka_and_store(settings)
     service = ControllerService(
         store,
         bootstrap,
@@ -460,12 +458,7 @@ def _controller(settings: Settings, args: argparse.Namespace) -> int:
         policy=policy,
         window_s=args.window_seconds,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    if args.once_seconds is not None:
-        timer = threading.Timer(args.once_seconds, stop.set)
-        timer.daemon = True
-        timer.start()
+    stop = _stop_event(args.once_seconds)
     service.start()
     logging.getLogger("recwatch.controller").info(
         "controlling %s", ", ".join(f"{m} (stable v{v})" for m, v in stable.items())

@@ -84,7 +84,7 @@ class Reconciler:
 
     def state(self) -> Rollout:
         """The state from the topic, with the current step's healthy count recomputed from stored windows."""
-        state = replay(self.model, self.initial_stable, self.topic.updates(self.model), self.controller.policy.steps)
+        state = self._replay()
         if state.phase == "canary":
             for w in self.windows.since(self.model, state.canary, state.step_started_us):
                 judged, decisions = self.controller.judge(
@@ -107,9 +107,7 @@ class Reconciler:
         state = self.state()
         self.serving.apply(self.model, *state.desired())
         for update in self.topic.updates(self.model):  # a record lost in a crash is written now
-            if update.kind in STATUS_KINDS and update.update_id not in self._recorded:
-                self.deployments.record(update)
-                self._recorded.add(update.update_id)
+            self._record(update)
         published: list[ModelUpdate] = []
         for cmd in commands:
             if cmd.kind == ModelUpdate.DEPLOY_REQUESTED:
@@ -130,15 +128,21 @@ class Reconciler:
 
     def _publish(self, decided: Sequence[ModelUpdate], published: list[ModelUpdate]) -> Rollout:
         on_topic = {u.update_id for u in self.topic.updates(self.model)}
+        state = None
         for update in decided:
             if update.update_id not in on_topic:
                 self.topic.publish(update)
                 published.append(update)
-            state = replay(
-                self.model, self.initial_stable, self.topic.updates(self.model), self.controller.policy.steps
-            )
+            state = self._replay()
             self.serving.apply(self.model, *state.desired())
-            if update.kind in STATUS_KINDS and update.update_id not in self._recorded:
-                self.deployments.record(update)
-                self._recorded.add(update.update_id)
+            self._record(update)
+        return state if state is not None else self._replay()
+
+    def _replay(self) -> Rollout:
         return replay(self.model, self.initial_stable, self.topic.updates(self.model), self.controller.policy.steps)
+
+    def _record(self, update: ModelUpdate) -> None:
+        """Write a transition to ``deployments`` once per process (the table's key absorbs a repeat)."""
+        if update.kind in STATUS_KINDS and update.update_id not in self._recorded:
+            self.deployments.record(update)
+            self._recorded.add(update.update_id)
