@@ -132,6 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
     )
 
+    trainer = sub.add_parser(
+        "trainer", help="the trainer: retrain commands become new model versions, never worse than stable (rollout/)"
+    )
+    trainer.add_argument("--model_config_file", type=Path, required=True, help="the file recwatch serve watches")
+    trainer.add_argument(
+        "--window-minutes", type=float, default=1440, help="train on the feedback of this many minutes (default 1440)"
+    )
+    trainer.add_argument(
+        "--holdout-fraction", type=float, default=0.2, help="the latest share of it is the holdout (default 0.2)"
+    )
+    trainer.add_argument(
+        "--min-events", type=int, default=1000, help="fewer usable feedback events: no training (default 1000)"
+    )
+    trainer.add_argument(
+        "--margin", type=float, default=0.005, help="how much worse than stable (AUC, HR@10) still publishes"
+    )
+    trainer.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's own)")
+    trainer.add_argument(
+        "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
+    )
+
     sql = sub.add_parser("sql", help="run SQL against the store (works while workers run)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -473,6 +494,37 @@ def _controller(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _trainer(settings: Settings, args: argparse.Namespace) -> int:
+    from rollout.trainer import TrainerPolicy
+    from rollout.trainer_service import TrainerService
+
+    try:
+        policy = TrainerPolicy(
+            window_s=args.window_minutes * 60.0,
+            holdout_fraction=args.holdout_fraction,
+            min_events=args.min_events,
+            margin=args.margin,
+            epochs=args.epochs,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"trainer options: {exc}") from None
+    if not args.model_config_file.is_file():
+        raise ConfigError(f"--model_config_file {args.model_config_file} does not exist")
+    bootstrap, store = _kafka_and_store(settings)
+    service = TrainerService(store, bootstrap, args.model_config_file, policy=policy)
+    stop = _stop_event(args.once_seconds)
+    service.start()
+    logging.getLogger("recwatch.trainer").info("answering retrain commands of the models in %s", args.model_config_file)
+    try:
+        service.run(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        service.close()
+        store.close()
+    return 0
+
+
 def _sql(settings: Settings, args: argparse.Namespace) -> int:
     from infra import stack
     from store import open_store
@@ -541,6 +593,7 @@ _COMMANDS = {
     "alerter": _alerter,
     "update": _update,
     "controller": _controller,
+    "trainer": _trainer,
     "sql": _sql,
     "demo": _demo,
     "detect": _detect,

@@ -23,6 +23,7 @@ This module imports Keras (and so TensorFlow) when imported; the data modules an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,10 +104,16 @@ def build_ctr_model(config: CtrConfig, *, seed: int) -> Any:
 
 
 def fit_ctr(
-    model: Any, samples: CtrSamples, features: CountFeatures, config: CtrConfig, *, verbose: int | str = "auto"
+    model: Any,
+    samples: CtrSamples,
+    features: CountFeatures,
+    config: CtrConfig,
+    *,
+    verbose: int | str = "auto",
+    callbacks: Sequence[Any] = (),
 ) -> Any:
     """Train ``model`` on ``samples`` for ``config.epochs``; ``features`` must come from a log before the
-    samples' (see :mod:`training.features`). Returns Keras's History."""
+    samples' (see :mod:`training.features`). ``callbacks`` are Keras callbacks. Returns Keras's History."""
     return model.fit(
         {
             "user_id": samples.user,
@@ -119,6 +126,7 @@ def fit_ctr(
         epochs=config.epochs,
         shuffle=True,
         verbose=verbose,
+        callbacks=list(callbacks),
     )
 
 

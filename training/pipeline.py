@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -85,12 +86,7 @@ def train_and_export(
 ) -> Trained:
     """Train ``kind`` on ``train``, write ``<base_path>/<model_name>/<version>/`` and evaluate it on ``holdout``."""
     started = time.monotonic()
-    if kind == "ctr":
-        params, rows, write = _train_ctr(train, seed=seed, epochs=epochs, verbose=verbose)
-    elif kind == "sasrec":
-        params, rows, write = _train_sasrec(train, seed=seed, epochs=epochs, verbose=verbose)
-    else:
-        raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+    params, rows, write = fit_model(kind, train, seed=seed, epochs=epochs, verbose=verbose)
     seconds = time.monotonic() - started
     path = write_version(base_path, model_name, version, write)
     quality = None
@@ -100,7 +96,27 @@ def train_and_export(
     return Trained(kind, path, params, rows, seconds, quality)
 
 
-def _train_ctr(train: Behaviors, *, seed: int, epochs: int | None, verbose: int | str) -> tuple[int, int, Any]:
+def fit_model(
+    kind: ModelKind,
+    train: Behaviors,
+    *,
+    seed: int = 0,
+    epochs: int | None = None,
+    verbose: int | str = "auto",
+    callbacks: Sequence[Any] = (),
+) -> tuple[int, int, Callable[[Path], None]]:
+    """Train ``kind`` on ``train`` (``callbacks``: Keras callbacks, e.g. progress per epoch); returns the
+    parameter count, the training examples and ``write(directory)``, which exports the SavedModel there."""
+    if kind == "ctr":
+        return _train_ctr(train, seed=seed, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    if kind == "sasrec":
+        return _train_sasrec(train, seed=seed, epochs=epochs, verbose=verbose, callbacks=callbacks)
+    raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODELS)}")
+
+
+def _train_ctr(
+    train: Behaviors, *, seed: int, epochs: int | None, verbose: int | str, callbacks: Sequence[Any]
+) -> tuple[int, int, Any]:
     from training.ctr import CtrConfig, build_ctr_model, export_ctr, fit_ctr
     from training.features import CountFeatures
 
@@ -109,11 +125,13 @@ def _train_ctr(train: Behaviors, *, seed: int, epochs: int | None, verbose: int 
     counted, sampled = split_by_time(train, holdout_cutoff(train, 0.5))
     samples = ctr_samples(sampled, negatives=config.negatives, rng=np.random.default_rng(seed))
     model = build_ctr_model(config, seed=seed)
-    fit_ctr(model, samples, CountFeatures(counted), config, verbose=verbose)
+    fit_ctr(model, samples, CountFeatures(counted), config, verbose=verbose, callbacks=callbacks)
     return _count_params(model), len(samples), lambda d: export_ctr(model, CountFeatures(train), d)
 
 
-def _train_sasrec(train: Behaviors, *, seed: int, epochs: int | None, verbose: int | str) -> tuple[int, int, Any]:
+def _train_sasrec(
+    train: Behaviors, *, seed: int, epochs: int | None, verbose: int | str, callbacks: Sequence[Any]
+) -> tuple[int, int, Any]:
     from training.samples import next_item_windows, user_sequences
     from training.sasrec import SasrecConfig, build_sasrec, export_sasrec, fit_sasrec
 
@@ -123,7 +141,7 @@ def _train_sasrec(train: Behaviors, *, seed: int, epochs: int | None, verbose: i
     if len(inputs) == 0:
         raise ValueError("no user has two or more distinct consecutive items to learn from")
     model = build_sasrec(vocab, config, seed=seed)
-    fit_sasrec(model, inputs, targets, verbose=verbose)
+    fit_sasrec(model, inputs, targets, verbose=verbose, callbacks=callbacks)
     return _count_params(model), len(inputs), lambda d: export_sasrec(model, vocab, d)
 
 

@@ -25,6 +25,7 @@ values in every inference event, as it does for the CTR ranker. This module impo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,10 @@ def fit_sasrec(
     *,
     epochs: int | None = None,
     verbose: int | str = "auto",
+    callbacks: Sequence[Any] = (),
 ) -> Any:
-    """Train on ``next_item_windows`` output (``[N, L]`` index arrays); returns Keras's History."""
+    """Train on ``next_item_windows`` output (``[N, L]`` index arrays); ``callbacks`` are Keras callbacks.
+    Returns Keras's History."""
     labels = np.zeros((*targets.shape, 2), dtype=np.float32)
     labels[..., 0] = 1.0
     return model.fit(
@@ -162,6 +165,7 @@ def fit_sasrec(
         epochs=model.config.epochs if epochs is None else epochs,
         shuffle=True,
         verbose=verbose,
+        callbacks=list(callbacks),
     )
 
 
