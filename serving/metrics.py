@@ -50,6 +50,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from schemas import InferenceEvent
+from serving.after_response import wait_idle
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,9 @@ class ServingMetrics:
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """The metrics in the Prometheus text format (or OpenMetrics if ``accept`` asks for it), and its
-        content type."""
+        content type. Requests answered a moment ago are counted first (their accounting runs after the
+        answer is sent: serving/after_response.py); under steady load this waits at most 0.1 s."""
+        wait_idle(0.1)
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from schemas import InferenceEvent, OutputSummary, TensorSummary
+from serving.after_response import defer
 from serving.errors import InvalidOutputFilterError, ServingError, Status, grpc_code_number, status_of
 from serving.manager import ModelManager, Resolved
 from serving.model_repository import DEFAULT_SIGNATURE, LoadedModel, Signature
@@ -132,14 +133,110 @@ class PredictCall:
     declared_rows: Callable[[], int]
 
 
-@dataclass
 class PredictOutcome:
-    resolved: Resolved | None
-    signature: Signature | None
-    outputs: dict[str, npt.NDArray[Any]]
-    status: Status | None  # None when answered
-    error: str
-    event: InferenceEvent
+    """What a front end answers with; ``event`` is the request's InferenceEvent (built on first use)."""
+
+    __slots__ = ("_event", "_record", "error", "outputs", "resolved", "signature", "status")
+
+    def __init__(
+        self,
+        resolved: Resolved | None,
+        signature: Signature | None,
+        outputs: dict[str, npt.NDArray[Any]],
+        status: Status | None,  # None when answered
+        error: str,
+        record: _EventRecord,
+    ) -> None:
+        self.resolved = resolved
+        self.signature = signature
+        self.outputs = outputs
+        self.status = status
+        self.error = error
+        self._record = record
+        self._event: InferenceEvent | None = None
+
+    @property
+    def event(self) -> InferenceEvent:
+        if self._event is None:
+            self._event = self._record.build()
+        return self._event
+
+
+class _EventRecord:
+    """Everything an InferenceEvent says, as taken on the request path; :meth:`build` writes the protobuf."""
+
+    __slots__ = (
+        "arrays",
+        "batch_size",
+        "batch_us",
+        "cache_hit",
+        "call",
+        "compute_us",
+        "error",
+        "outputs",
+        "producer_totals",
+        "queue_us",
+        "received_us",
+        "replica",
+        "resolved",
+        "rss",
+        "sent_us",
+        "status",
+        "total_us",
+    )  # fmt: skip
+
+    def __init__(self, call: PredictCall, replica: str, received_us: int) -> None:
+        self.call = call
+        self.replica = replica
+        self.received_us = received_us
+        self.sent_us = 0
+        self.total_us = 0
+        self.resolved: Resolved | None = None
+        self.arrays: Arrays = {}
+        self.outputs: Arrays = {}
+        self.status: Status | None = None
+        self.error = ""
+        self.cache_hit = False
+        self.queue_us = self.batch_us = self.compute_us = self.batch_size = 0
+        self.producer_totals: tuple[int, int] | None = None
+        self.rss = 0
+
+    def build(self) -> InferenceEvent:
+        call = self.call
+        event = InferenceEvent(
+            event_id=uuid.uuid4().hex,
+            request_id=call.request_id,
+            received_us=self.received_us,
+            model=call.model,
+            replica=self.replica,
+            api=call.api,
+            signature=call.signature_name or DEFAULT_SIGNATURE,
+        )
+        event.inputs.extend(call.input_summaries())
+        if self.resolved is not None:
+            event.version = self.resolved.model.version
+            event.label = self.resolved.label
+        if self.status is None:
+            event.cache_hit = self.cache_hit
+            event.outputs.extend(_output_summary(name, array) for name, array in self.outputs.items())
+        else:
+            event.status_code = grpc_code_number(self.status.grpc)
+            event.error = self.error
+        arrays = self.arrays
+        rows = rows_of(a.shape for a in arrays.values()) if arrays else call.declared_rows()
+        event.rows = min(rows, _U32_MAX)
+        event.batch_size = min(self.batch_size or rows, _U32_MAX)
+        _set_ids(event, arrays)
+        lat = event.latency
+        lat.queue_us, lat.batch_us = min(self.queue_us, _U32_MAX), min(self.batch_us, _U32_MAX)
+        lat.compute_us = min(self.compute_us, _U32_MAX)
+        lat.total_us = min(self.total_us, _U32_MAX)
+        event.sent_us = self.sent_us
+        if self.producer_totals is not None:
+            totals = event.producer
+            totals.dropped, totals.spooled = self.producer_totals
+        event.process_rss_bytes = self.rss
+        return event
 
 
 class Predictor:
@@ -177,68 +274,44 @@ class Predictor:
             return self._run(call)
 
     def _run(self, call: PredictCall) -> PredictOutcome:
-        received_us = self._clock.now_us()
+        record = _EventRecord(call, self.replica, self._clock.now_us())
         start_ns = time.perf_counter_ns()
-        event = InferenceEvent(
-            event_id=uuid.uuid4().hex,
-            request_id=call.request_id,
-            received_us=received_us,
-            model=call.model,
-            replica=self.replica,
-            api=call.api,
-            signature=call.signature_name or DEFAULT_SIGNATURE,
-        )
-        event.inputs.extend(call.input_summaries())
-        arrays: Arrays = {}
-        outputs: dict[str, npt.NDArray[Any]] = {}
+        outputs: Arrays = {}
         resolved: Resolved | None = None
         signature: Signature | None = None
-        compute_us = 0
-        batch_size = 0
         status: Status | None = None
         error = ""
         try:
-            resolved = self.manager.resolve(call.model, call.version, call.label, call.request_id)
-            event.version = resolved.model.version
-            event.label = resolved.label
+            resolved = record.resolved = self.manager.resolve(call.model, call.version, call.label, call.request_id)
             signature = resolved.model.signature(call.signature_name)
             names = _select_outputs(signature, call.output_filter)
-            arrays = call.decode(signature)
+            arrays = record.arrays = call.decode(signature)
             cached = self._cache.get(resolved.model, signature, names, arrays) if self._cache is not None else None
             if cached is not None:
-                event.cache_hit = True
+                record.cache_hit = True
                 outputs = cached
             else:
                 execution = self._executor.execute(resolved.model, signature, arrays)
                 outputs = {name: execution.outputs[name] for name in names}
-                lat = event.latency
-                lat.queue_us, lat.batch_us = min(execution.queue_us, _U32_MAX), min(execution.batch_us, _U32_MAX)
-                compute_us = execution.compute_us
-                batch_size = execution.batch_size
+                record.queue_us, record.batch_us = execution.queue_us, execution.batch_us
+                record.compute_us, record.batch_size = execution.compute_us, execution.batch_size
                 if self._cache is not None:
                     self._cache.put(resolved.model, signature, names, arrays, outputs)
-            event.outputs.extend(_output_summary(name, array) for name, array in outputs.items())
         except Exception as exc:
             status, error = status_of(exc), str(exc)
             outputs = {}
-            del event.outputs[:]
+            record.status, record.error = status, error
             if not isinstance(exc, ServingError):
                 log.exception("prediction failed unexpectedly (request_id=%s)", call.request_id)
-            event.status_code = grpc_code_number(status.grpc)
-            event.error = error
-        rows = rows_of(a.shape for a in arrays.values()) if arrays else call.declared_rows()
-        event.rows = min(rows, _U32_MAX)
-        event.batch_size = min(batch_size or rows, _U32_MAX)
-        _set_ids(event, arrays)
-        event.latency.compute_us = min(compute_us, _U32_MAX)
-        event.latency.total_us = min((time.perf_counter_ns() - start_ns) // 1000, _U32_MAX)
-        event.sent_us = self._clock.now_us()
+        record.outputs = outputs
+        record.total_us = (time.perf_counter_ns() - start_ns) // 1000
+        record.sent_us = self._clock.now_us()
         if self._producer_totals is not None:
-            totals = event.producer
-            totals.dropped, totals.spooled = self._producer_totals()
-        event.process_rss_bytes = self._process_rss()
-        self._publish(event)
-        return PredictOutcome(resolved, signature, outputs, status, error, event)
+            record.producer_totals = self._producer_totals()
+        record.rss = self._process_rss()
+        outcome = PredictOutcome(resolved, signature, outputs, status, error, record)
+        defer(lambda: self._publish(outcome.event))
+        return outcome
 
     def _publish(self, event: InferenceEvent) -> None:
         try:

@@ -12,6 +12,7 @@ import threading
 from typing import Protocol
 
 from schemas import InferenceEvent
+from serving.after_response import wait_idle
 
 
 class EventPublisher(Protocol):
@@ -41,7 +42,9 @@ class InMemoryPublisher:
 
     @property
     def events(self) -> list[InferenceEvent]:
-        """A copy of the events published so far."""
+        """A copy of the events published so far, including those of every request answered already (their
+        events are published just after the answer is sent: ``serving.after_response``)."""
+        wait_idle()
         with self._lock:
             return list(self._events)
 
@@ -50,5 +53,6 @@ class InMemoryPublisher:
             self._events.clear()
 
     def __len__(self) -> int:
+        wait_idle()
         with self._lock:
             return len(self._events)

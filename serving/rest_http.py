@@ -36,6 +36,7 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Final
 
+from serving.after_response import Scope
 from serving.errors import InvalidRequestError, OverloadedError, ServerStartError, status_of
 from serving.rest_encode import error_json
 
@@ -335,14 +336,15 @@ class _Connection(BaseHTTPRequestHandler):
             self.close_connection = True  # the rest of the body is unread: the stream is out of sync
             self._unread_body = True
         request = HttpRequest(self.command, self.path, self.headers, body, error)
-        try:
-            response = self._owner.app(request)
-        except Exception as exc:
-            log.exception("REST handler failed on %s %s", self.command, self.path)
-            response = HttpResponse(500, error_json(f"internal error: {type(exc).__name__}"))
-        if self._owner.draining:
-            self.close_connection = True  # tell the client before it sends another request here
-        self._send(response)
+        with Scope():  # the request's accounting runs after the answer is sent (serving/after_response.py)
+            try:
+                response = self._owner.app(request)
+            except Exception as exc:
+                log.exception("REST handler failed on %s %s", self.command, self.path)
+                response = HttpResponse(500, error_json(f"internal error: {type(exc).__name__}"))
+            if self._owner.draining:
+                self.close_connection = True  # tell the client before it sends another request here
+            self._send(response)
 
     def _read_body(self) -> tuple[bytes, InvalidRequestError | None]:
         headers = self.headers

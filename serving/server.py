@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from serving.after_response import wait_idle
 from serving.config import ModelConfig, parse_canary_weights, parse_model_server_config, single_model
 from serving.errors import ServerStartError
 from serving.manager import ModelManager, synthesized_warmup
@@ -157,6 +158,7 @@ class ModelServer:
         from grpc_health.v1 import health, health_pb2, health_pb2_grpc
         from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+        from serving.after_response import DeferringThreadPoolExecutor
         from serving.batching import BatchingExecutor
         from serving.cache import LruResultCache
         from serving.grpc_server import ModelServiceServicer, PredictionServicer
@@ -190,7 +192,7 @@ class ModelServer:
         manager.poll_once()
         self._remember_mtimes()
         self._apply_canary_weights(manager)
-        executor = ThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="recwatch-grpc")
+        executor = DeferringThreadPoolExecutor(max_workers=opts.max_workers, thread_name_prefix="recwatch-grpc")
         server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
         address = self.address
         try:
@@ -316,7 +318,8 @@ class ModelServer:
         if rest_stopper is not None:
             rest_stopper.join()
         if executor is not None:
-            executor.shutdown(wait=True)
+            executor.shutdown(wait=True)  # each worker runs its requests' deferred accounting first
+        wait_idle(grace_s or 0.0)  # and the REST threads theirs: every event is published before stop returns
         if self._batcher is not None:
             self._batcher.close()
         if self._faults is not None:
