@@ -332,6 +332,14 @@ class BatchingExecutor:
         self._closed = False
 
     def execute(self, model: LoadedModel, signature: Signature, inputs: Arrays) -> Execution:
+        if self._in_flight is not None and self._in_flight() <= 1 and not self.params.allowed_batch_sizes:
+            # The only request in the server: no partner can come. Computed here and now, without the task,
+            # batch and future a queued request needs (~10 µs of Python at one request in flight).
+            queue = self._queue_for(model, signature)
+            if queue is not None:
+                done = queue.run_direct(inputs)
+                if done is not None:
+                    return done
         return self.submit(model, signature, inputs).result()
 
     def submit(self, model: LoadedModel, signature: Signature, inputs: Arrays) -> Pending:
@@ -463,6 +471,22 @@ class _Queue:
             with self._cond:
                 self._running -= 1
         return True
+
+    def run_direct(self, inputs: Arrays) -> Execution | None:
+        """:meth:`run_alone` for a request that needs no padding, straight to the signature; None (nothing
+        done) when something is queued or computing here."""
+        with self._cond:
+            if self._retired or self._batches or self._running:
+                return None
+            self._running += 1
+        try:
+            clock = self._clock
+            start = clock.now_ns()
+            outputs = self._signature(inputs)
+            return Execution(outputs, compute_us=(clock.now_ns() - start) // 1000)
+        finally:
+            with self._cond:
+                self._running -= 1
 
     def put(self, task: _Task) -> bool:
         """Add the task to a batch; False if the queue is retired. Raises OverloadedError if full."""
