@@ -5,7 +5,8 @@ clock, the closed minutes of ``business_metrics_1m`` (only minutes that ended at
 series with ``detection.series.SeriesMonitor``; writes anomalies to table ``anomalies`` and topic
 ``recwatch.anomalies.v1`` (key: series); runs ``alerting.rules.AlertRules`` and writes every alert change to
 table ``alerts`` (``updated_us`` grows: read it ``FINAL``), publishes firing and resolved alerts on
-``recwatch.alerts.v1`` (key: fingerprint) and hands them to the notifiers.
+``recwatch.alerts.v1`` (key: fingerprint) and hands them to the notifiers. After each poll the open alerts are shown
+to the ``watchers`` (``recwatch alerter`` runs the retrain rules there: ``rollout/retrain_trigger.py``).
 
 Delivery and restarts. After each batch the service flushes its producer, writes the detectors, the rules and its
 progress to ``detector_checkpoints`` (series prefixed ``<group>:``) and only then commits the consumer offsets
@@ -38,7 +39,7 @@ from schemas import Alert, WindowAggregate, topics
 from store.base import Store, StoreError
 from stream_processors.attribution import BusinessWindow
 
-__all__ = ["AlertService", "AlerterStats", "LoggingNotifier", "Notifier", "RecordingNotifier"]
+__all__ = ["AlertService", "AlertWatcher", "AlerterStats", "LoggingNotifier", "Notifier", "RecordingNotifier"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,17 @@ class Notifier(Protocol):
     """Receives firing and resolved alerts (Alertmanager client, signed webhooks, ...). May raise: logged."""
 
     def notify(self, alerts: Sequence[Alert]) -> None: ...
+
+
+class AlertWatcher(Protocol):
+    """Shown every open (firing) alert after each poll, with the time: for rules that act on how long an alert has
+    been firing (``rollout.retrain_trigger.RetrainTrigger``). ``watch`` may raise: logged, retried next poll."""
+
+    def start(self) -> None: ...
+
+    def watch(self, alerts: Sequence[Alert], now_us: int) -> object: ...
+
+    def close(self) -> None: ...
 
 
 class LoggingNotifier:
@@ -113,6 +125,7 @@ class AlertService:
         business_delay_s: float = 120.0,
         business_lookback_s: float = 1800.0,
         auto_offset_reset: str = "earliest",
+        watchers: Sequence[AlertWatcher] = (),
     ) -> None:
         self.store = store
         self.bootstrap = bootstrap
@@ -127,6 +140,7 @@ class AlertService:
         self.business_delay_s = business_delay_s
         self.business_lookback_s = business_lookback_s
         self.auto_offset_reset = auto_offset_reset
+        self.watchers = list(watchers)
         self.monitor = SeriesMonitor(threshold)
         self.rules = AlertRules(threshold=threshold, resolve_after=resolve_after)
         self.business_through_s: int | None = None  # last minute start of business_metrics_1m scored
@@ -161,6 +175,8 @@ class AlertService:
             }
         )
         self._consumer.subscribe([self.metrics_topic])
+        for watcher in self.watchers:
+            watcher.start()
 
     def close(self) -> None:
         """Flush and disconnect (everything processed was checkpointed and committed by ``poll_once``)."""
@@ -170,6 +186,8 @@ class AlertService:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+        for watcher in self.watchers:
+            watcher.close()
 
     def run(self, stop: threading.Event, poll_timeout_s: float = 1.0) -> None:
         """Poll until ``stop`` is set (starts the service if needed; closes it on return)."""
@@ -218,7 +236,20 @@ class AlertService:
         # offsets are committed only once what they produced is delivered and checkpointed
         if (read or business) and self._checkpoint() and read:
             self._commit()
+        self._watch()
         return read
+
+    def _watch(self) -> None:
+        """Show the watchers the open alerts (after the checkpoint: what they act on is stored)."""
+        if not self.watchers:
+            return
+        firing = [_copy_alert(o.alert) for o in self.rules.open.values() if o.alert.status == Alert.FIRING]
+        now_us = int(self.clock() * _US)
+        for watcher in self.watchers:
+            try:
+                watcher.watch(firing, now_us)
+            except Exception:
+                log.exception("alert watcher %r failed; retried on the next poll", watcher)
 
     def _commit(self) -> None:
         from confluent_kafka import KafkaError, KafkaException
@@ -401,3 +432,9 @@ class AlertService:
         self.monitor.restore(rows)
         if result.rows:
             log.info("restored %d checkpoint rows of group %s", len(result.rows), self.group_id)
+
+
+def _copy_alert(alert: Alert) -> Alert:
+    out = Alert()
+    out.CopyFrom(alert)
+    return out

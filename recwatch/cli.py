@@ -108,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     alerter.add_argument(
         "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
     )
+    alerter.add_argument(
+        "--retrain-after-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="a score-drift, CTR or conversion alert on a stable version still firing S seconds after it started "
+        "publishes one RETRAIN_REQUESTED on recwatch.model-updates.v1 (default 300)",
+    )
+    alerter.add_argument(
+        "--retrain-min-interval-s",
+        type=float,
+        default=6 * 3600.0,
+        metavar="S",
+        help="at most one retrain command per model every S seconds (default 21600)",
+    )
+    alerter.add_argument("--no-retrain", action="store_true", help="do not publish retrain commands")
 
     update = sub.add_parser(
         "update", help="publish a closed-loop command on recwatch.model-updates.v1 (retrain, deploy, promote, rollback)"
@@ -128,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     controller.add_argument("--steps", default="0.05,0.25,0.5", help="canary weights, rising (default 0.05,0.25,0.5)")
     controller.add_argument("--healthy-windows", type=int, default=3, help="healthy windows per step (default 3)")
     controller.add_argument("--window-seconds", type=int, default=60, help="comparison window (default 60)")
+    controller.add_argument(
+        "--min-requests", type=int, default=500, help="requests per arm and window before errors/latency are tested"
+    )
+    controller.add_argument(
+        "--min-impressions", type=int, default=2000, help="impressions per arm and window before CTR is tested"
+    )
     controller.add_argument(
         "--once-seconds", type=float, metavar="N", help="stop after N seconds (default: run until killed)"
     )
@@ -180,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the main job: infra up, serve, worker, traffic, aggregates, infra down")
     demo.add_argument("--requests", type=int, default=200)
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    demo.add_argument(
+        "--scenario",
+        choices=("all", "drift", "bad-canary"),
+        default="all",
+        help="all (default): the whole job, both closed-loop stories included; drift or bad-canary: that story alone",
+    )
     return parser
 
 
@@ -401,8 +429,25 @@ def _alerter(settings: Settings, args: argparse.Namespace) -> int:
     bootstrap, store = _kafka_and_store(settings)
     stop = _stop_event(args.once_seconds)
     receivers = _alert_receivers(settings, store)
+    watchers: list[Any] = []
+    if not args.no_retrain:
+        from rollout.retrain_trigger import RetrainTrigger
+        from rollout.service import KafkaTopic
+
+        watchers.append(
+            RetrainTrigger(
+                KafkaTopic(bootstrap),
+                min_firing_s=args.retrain_after_s,
+                min_interval_s=args.retrain_min_interval_s,
+            )
+        )
     service = AlertService(
-        store, bootstrap, notifiers=[LoggingNotifier(), *receivers], group_id=args.group, threshold=args.threshold
+        store,
+        bootstrap,
+        notifiers=[LoggingNotifier(), *receivers],
+        group_id=args.group,
+        threshold=args.threshold,
+        watchers=watchers,
     )
     for receiver in receivers:
         receiver.start()
@@ -459,13 +504,18 @@ def _update(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _controller(settings: Settings, args: argparse.Namespace) -> int:
+    from rollout.compare import ComparePolicy
     from rollout.controller import RolloutPolicy
     from rollout.service import ControllerService, stable_versions
     from rollout.serving_files import FileServing
 
+    if args.min_requests < 1 or args.min_impressions < 1:
+        raise ConfigError("--min-requests and --min-impressions must be >= 1")
     try:
         policy = RolloutPolicy(
-            steps=tuple(float(w) for w in args.steps.split(",")), healthy_windows_per_step=args.healthy_windows
+            steps=tuple(float(w) for w in args.steps.split(",")),
+            healthy_windows_per_step=args.healthy_windows,
+            compare=ComparePolicy(min_requests=args.min_requests, min_impressions=args.min_impressions),
         )
     except ValueError as exc:
         raise ConfigError(f"--steps / --healthy-windows: {exc}") from None
@@ -574,7 +624,7 @@ def _numeric(text: str) -> bool:
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from recwatch.demo import run_demo
 
-    return run_demo(settings, requests=args.requests, keep=args.keep)
+    return run_demo(settings, requests=args.requests, keep=args.keep, scenario=args.scenario)
 
 
 def _detect(settings: Settings, args: argparse.Namespace) -> int:

@@ -5,7 +5,10 @@ processes -> N Predict calls through the official tensorflow-serving-api client,
 publishes what shoppers did with the ranked items (clicks, carts, buys) to the feedback topic -> wait until the
 store holds every event and every click -> print latency percentiles and CTR with SQL -> ``recwatch alerter``,
 steady traffic, a 60 s latency fault, the alert in the store, Alertmanager and a signed webhook, its resolution
-(``recwatch/demo_alerting.py``) -> stop everything.
+(``recwatch/demo_alerting.py``) -> the closed loop's two stories, drift -> retrain -> canary -> promotion and a bad
+canary -> rollback, each with its timeline (``recwatch/demo_closed_loop.py``) -> stop everything.
+
+``scenario``: ``all`` (the default, what ``make demo`` runs) or one story alone (``drift``, ``bad-canary``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,12 @@ def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> int:
+SCENARIOS = ("all", "drift", "bad-canary")
+
+
+def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False, scenario: str = "all") -> int:
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(SCENARIOS)}")
     _step("infra up")
     stack.up(settings)
     run_dir = settings.home / "demo"
@@ -55,97 +63,142 @@ def run_demo(settings: Settings, *, requests: int = 200, keep: bool = False) -> 
             )
             + "}\n"
         )
-        _step("recwatch serve and recwatch worker")
+        _step("recwatch worker" if scenario != "all" else "recwatch serve and recwatch worker")
         cli = [sys.executable, "-m", "recwatch.cli"]
-        serve_pid = run_dir / "serve.pid"
         worker_pid = run_dir / "worker.pid"
-        fault_file = run_dir / "faults.json"
-        fault_file.write_text("{}\n")
-        processes.spawn(
-            [*cli, "serve", "--model_config_file", str(config), "--port", str(GRPC_PORT), "--replica", "demo-0",
-             "--fault_file", str(fault_file)],
-            pid_file=serve_pid, log_file=run_dir / "serve.log",
-        )  # fmt: skip
-        started.append(serve_pid)
-        # windows are published once 5 s of lateness have passed (default 30 s), so the demo's alert comes sooner
+        # windows are published once 5 s of lateness have passed (default 30 s), so the demo's alerts come sooner
         processes.spawn(
             [*cli, "worker", "--allowed-lateness", "5"], pid_file=worker_pid, log_file=run_dir / "worker.log"
         )
         started.append(worker_pid)
-        print(f"logs: {run_dir}/serve.log, {run_dir}/worker.log, {run_dir}/alerter.log")
+        ok = True
+        if scenario == "all":
+            ok = _basic_story(settings, cli, config, run_dir, requests, started)
+        from recwatch.demo_closed_loop import closed_loop_stories
 
-        _step(
-            f"traffic: {requests} Predict calls to {MODEL} (1 user x 32 candidates) and {requests // 4} to {SEQ_MODEL} "
-            "(a 20-item history x 32 candidates) through tensorflow-serving-api"
-        )
-        run_id = uuid.uuid4().hex[:8]
-        shop = Shop(stack.bootstrap_servers(settings))
-        sent = _send_traffic(requests, run_id, serve_pid, run_dir / "serve.log", shop)
-        feedback = shop.close()
-        print(f"sent {sent} requests with request ids demo-{run_id}-*")
-        print(
-            f"the shop reported {feedback['click']} clicks, {feedback['cart']} add-to-carts and {feedback['buy']} "
-            f"purchases on the ranked items (topic recwatch.feedback.v1)"
-        )
-
-        _step("waiting until the store holds every event")
-        store = open_store(stack.store_url(settings))
-        store.connect()
-        try:
-            count_sql = f"SELECT count(DISTINCT event_id) FROM inference_events WHERE request_id LIKE 'demo-{run_id}-%'"
-            deadline = time.monotonic() + 120
-            seen = 0
-            while time.monotonic() < deadline:
-                seen = int(store.query(count_sql).scalar())
-                if seen >= sent:
-                    break
-                if processes.read(worker_pid) is None:
-                    print(f"the worker exited; see {run_dir / 'worker.log'}")
-                    return 1
-                time.sleep(0.5)
-            print(f"{seen} of {sent} events in inference_events")
-            clicks_sql = (
-                f"SELECT count() FROM feedback_events WHERE request_id LIKE 'demo-{run_id}-%' AND behavior = 'click'"
-            )
-            while time.monotonic() < deadline and int(store.query(clicks_sql).scalar()) < feedback["click"]:
-                time.sleep(0.5)
-            print(f"{int(store.query(clicks_sql).scalar())} of {feedback['click']} clicks in feedback_events")
-            _step("what the store says, while the worker keeps running (recwatch sql)")
-            _sql(
-                "SELECT window_start, model, version, requests, errors, round(latency_p50_us) AS p50_us, "
-                "round(latency_p99_us) AS p99_us, latency_max_us AS max_us, round(score_mean, 3) AS score, "
-                "late_events AS late FROM inference_metrics_1m "
-                "WHERE window_start >= now() - INTERVAL 10 MINUTE ORDER BY window_start, model"
-            )
-            _sql(
-                "SELECT model, version, sum(impressions) AS shown, sum(clicked_impressions) AS clicked, "
-                "round(sum(clicked_impressions) / sum(impressions), 4) AS ctr, "
-                "round(sum(bought_impressions) / sum(impressions), 4) AS conversion "
-                "FROM business_metrics_1m WHERE window_start >= now() - INTERVAL 10 MINUTE GROUP BY model, version"
-            )
-            from recwatch.demo_alerting import alerting_story
-
-            alerted = alerting_story(
+        stories = ("drift", "bad-canary") if scenario == "all" else (scenario,)
+        ok = (
+            closed_loop_stories(
+                stories,
                 cli=cli,
                 run_dir=run_dir,
-                fault_file=fault_file,
-                grpc_target=f"127.0.0.1:{GRPC_PORT}",
+                stable_model_dir=model_base / MODEL / "1",
                 bootstrap=stack.bootstrap_servers(settings),
-                store=store,
-                alertmanager_url=stack.alertmanager_url(settings),
+                store_url=stack.store_url(settings),
                 pid_files=started,
                 step=_step,
                 sql=_sql,
             )
-        finally:
-            store.close()
-        return 0 if seen == sent and alerted else 1
+            and ok
+        )
+        return 0 if ok else 1
     finally:
         _step("stopping")
         for pid_file in reversed(started):
             processes.stop(pid_file)
         if not keep:
             stack.down(settings)
+
+
+def _basic_story(
+    settings: Settings, cli: list[str], config: Path, run_dir: Path, requests: int, started: list[Path]
+) -> bool:
+    """Serve, N Predict calls, the store's aggregates, then the alerting story; the server is stopped after."""
+    serve_pid = run_dir / "serve.pid"
+    fault_file = run_dir / "faults.json"
+    fault_file.write_text("{}\n")
+    processes.spawn(
+        [*cli, "serve", "--model_config_file", str(config), "--port", str(GRPC_PORT), "--replica", "demo-0",
+         "--fault_file", str(fault_file)],
+        pid_file=serve_pid, log_file=run_dir / "serve.log",
+    )  # fmt: skip
+    started.append(serve_pid)
+    worker_pid = run_dir / "worker.pid"
+    try:
+        return _basic_traffic(settings, cli, run_dir, requests, started, serve_pid, worker_pid, fault_file)
+    finally:
+        processes.stop(serve_pid)
+        started.remove(serve_pid)
+
+
+def _basic_traffic(
+    settings: Settings,
+    cli: list[str],
+    run_dir: Path,
+    requests: int,
+    started: list[Path],
+    serve_pid: Path,
+    worker_pid: Path,
+    fault_file: Path,
+) -> bool:
+    print(f"logs: {run_dir}/serve.log, {run_dir}/worker.log, {run_dir}/alerter.log")
+
+    _step(
+        f"traffic: {requests} Predict calls to {MODEL} (1 user x 32 candidates) and {requests // 4} to {SEQ_MODEL} "
+        "(a 20-item history x 32 candidates) through tensorflow-serving-api"
+    )
+    run_id = uuid.uuid4().hex[:8]
+    shop = Shop(stack.bootstrap_servers(settings))
+    sent = _send_traffic(requests, run_id, serve_pid, run_dir / "serve.log", shop)
+    feedback = shop.close()
+    print(f"sent {sent} requests with request ids demo-{run_id}-*")
+    print(
+        f"the shop reported {feedback['click']} clicks, {feedback['cart']} add-to-carts and {feedback['buy']} "
+        f"purchases on the ranked items (topic recwatch.feedback.v1)"
+    )
+
+    _step("waiting until the store holds every event")
+    store = open_store(stack.store_url(settings))
+    store.connect()
+    try:
+        count_sql = f"SELECT count(DISTINCT event_id) FROM inference_events WHERE request_id LIKE 'demo-{run_id}-%'"
+        deadline = time.monotonic() + 120
+        seen = 0
+        while time.monotonic() < deadline:
+            seen = int(store.query(count_sql).scalar())
+            if seen >= sent:
+                break
+            if processes.read(worker_pid) is None:
+                print(f"the worker exited; see {run_dir / 'worker.log'}")
+                return False
+            time.sleep(0.5)
+        print(f"{seen} of {sent} events in inference_events")
+        clicks_sql = (
+            f"SELECT count() FROM feedback_events WHERE request_id LIKE 'demo-{run_id}-%' AND behavior = 'click'"
+        )
+        while time.monotonic() < deadline and int(store.query(clicks_sql).scalar()) < feedback["click"]:
+            time.sleep(0.5)
+        print(f"{int(store.query(clicks_sql).scalar())} of {feedback['click']} clicks in feedback_events")
+        _step("what the store says, while the worker keeps running (recwatch sql)")
+        _sql(
+            "SELECT window_start, model, version, requests, errors, round(latency_p50_us) AS p50_us, "
+            "round(latency_p99_us) AS p99_us, latency_max_us AS max_us, round(score_mean, 3) AS score, "
+            "late_events AS late FROM inference_metrics_1m "
+            "WHERE window_start >= now() - INTERVAL 10 MINUTE ORDER BY window_start, model"
+        )
+        _sql(
+            "SELECT model, version, sum(impressions) AS shown, sum(clicked_impressions) AS clicked, "
+            "round(sum(clicked_impressions) / sum(impressions), 4) AS ctr, "
+            "round(sum(bought_impressions) / sum(impressions), 4) AS conversion "
+            "FROM business_metrics_1m WHERE window_start >= now() - INTERVAL 10 MINUTE GROUP BY model, version"
+        )
+        from recwatch.demo_alerting import alerting_story
+
+        alerted = alerting_story(
+            cli=cli,
+            run_dir=run_dir,
+            fault_file=fault_file,
+            grpc_target=f"127.0.0.1:{GRPC_PORT}",
+            bootstrap=stack.bootstrap_servers(settings),
+            store=store,
+            alertmanager_url=stack.alertmanager_url(settings),
+            pid_files=started,
+            step=_step,
+            sql=_sql,
+        )
+    finally:
+        store.close()
+    return seen == sent and alerted
 
 
 def _sql(query: str) -> None:
@@ -211,13 +264,19 @@ class Traffic:
     catalog the ranker was trained on (the items of ``python -m training train --data synthetic``, seed 0): a
     shifted input distribution. Measured on the demo's ranker (`docs/faults.md`): score mean 0.195 -> 0.259 at
     drift 0.5, 0.323 at 1.0.
+
+    ``model`` / ``seq_model`` name the two models in requests; ``seq_model=None`` sends every request to ``model``.
     """
 
-    def __init__(self, seed: int = 7, *, drift: float = 0.0) -> None:
+    def __init__(
+        self, seed: int = 7, *, drift: float = 0.0, model: str = MODEL, seq_model: str | None = SEQ_MODEL
+    ) -> None:
         import numpy as np
 
         self._rng = np.random.default_rng(seed)
         self.drift = drift
+        self.model = model
+        self.seq_model = seq_model
         self._catalog: Any = None
 
     def next(self, i: int) -> tuple[Any, str, list[int]]:
@@ -231,15 +290,15 @@ class Traffic:
         request = predict_pb2.PredictRequest()
         candidates = rng.integers(1, 5_000, size=32, dtype=np.int64)
         user = str(rng.integers(1, 10_000))
-        if i % 5 == 4:  # every fifth call: the sequence model ranks candidates after a user's history
-            request.model_spec.name = SEQ_MODEL
+        if self.seq_model and i % 5 == 4:  # every fifth call: the sequence model ranks after a user's history
+            request.model_spec.name = self.seq_model
             request.inputs["history"].CopyFrom(to_tensor_proto(rng.integers(1, 5_000, size=(1, 20), dtype=np.int64)))
             request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates.reshape(1, 32)))
         else:
             if self.drift > 0:
                 shifted = rng.random(32) < self.drift
                 candidates = np.where(shifted, rng.choice(self.catalog(), size=32), candidates)
-            request.model_spec.name = MODEL
+            request.model_spec.name = self.model
             request.inputs["user_id"].CopyFrom(to_tensor_proto(np.full(32, int(user), dtype=np.int64)))
             request.inputs["item_id"].CopyFrom(to_tensor_proto(candidates))
             request.inputs["category_id"].CopyFrom(to_tensor_proto(candidates % 97))

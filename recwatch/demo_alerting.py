@@ -29,8 +29,10 @@ class Pacer:
     """Steady Predict traffic and shop feedback from a thread, asynchronously (a slow fault must not slow the
     offered rate); at most ``max_in_flight`` calls in flight, the rest counted as skipped."""
 
-    def __init__(self, target: str, bootstrap: str, rate: float, max_in_flight: int = 64) -> None:
-        self.traffic = Traffic(seed=7)
+    def __init__(
+        self, target: str, bootstrap: str, rate: float, max_in_flight: int = 64, *, traffic: Traffic | None = None
+    ) -> None:
+        self.traffic = traffic or Traffic(seed=7)
         self.shop = Shop(bootstrap, seed=11)
         self.target = target
         self.rate = rate

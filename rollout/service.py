@@ -72,6 +72,31 @@ class KafkaTopic:
                 log.warning("undecodable message on %s at offset %s", self.topic, msg.offset())
         return len(messages)
 
+    def catch_up(self, timeout_s: float = 60.0) -> None:
+        """Read until every partition's end as it was when called: afterwards the topic's history is known (a
+        plain :meth:`poll` may return nothing while the group is still being assigned its partitions).
+        Raises TimeoutError when that takes longer than ``timeout_s``."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = self._consumer
+        assert isinstance(consumer, Consumer), "start() first"
+        partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+        ends = {}
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.poll(0.2)
+            assigned = consumer.assignment()
+            if len(assigned) == len(partitions):
+                positions = {tp.partition: tp.offset for tp in consumer.position(assigned)}
+                if all(positions.get(p, -1) >= end for p, end in ends.items()):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.topic} not read to its end within {timeout_s:.0f} s")
+
     def _add(self, update: ModelUpdate) -> None:
         if update.update_id and update.update_id in self._seen:
             return
@@ -98,6 +123,7 @@ class KafkaTopic:
 
         if isinstance(self._consumer, Consumer):
             self._consumer.close()
+        self._consumer = None  # closing twice is a no-op
 
 
 class ControllerService:

@@ -12,6 +12,9 @@ The fault file is JSON; every field is optional and an absent or empty file mean
 - ``leak_bytes_per_s``: a background thread allocates and holds memory (pages written, so RSS grows) at that
   rate from when the fault was read, up to ``leak_max_bytes`` (default 256 MiB); clearing the field (or the
   file) releases it and ends the thread.
+- ``model`` (a name) and ``version`` (> 0): limit the latency and error faults to that model, or that version of
+  it (a bad canary next to a healthy stable version); empty / 0, the default: every model and version. The leak
+  is the process's and ignores them.
 
 :class:`FaultInjector` re-reads the file when its mtime or size changed, looked at no more than once per second
 of its clock, from whichever request (or the leak thread) comes first: the request path pays a clock reading.
@@ -68,6 +71,8 @@ class FaultSpec:
     error_rate: float = 0.0
     leak_bytes_per_s: float = 0.0
     leak_max_bytes: int = DEFAULT_LEAK_MAX_BYTES
+    model: str = ""  # latency and errors only for this model ("": all)
+    version: int = 0  # ... and only this version of it (0: all)
 
     def __post_init__(self) -> None:
         if not self.latency_factor >= 1.0:
@@ -78,6 +83,8 @@ class FaultSpec:
             raise ValueError(f"leak_bytes_per_s must be >= 0, got {self.leak_bytes_per_s}")
         if self.leak_max_bytes < 0:
             raise ValueError(f"leak_max_bytes must be >= 0, got {self.leak_max_bytes}")
+        if self.version < 0:
+            raise ValueError(f"version must be >= 0, got {self.version}")
 
     @classmethod
     def from_json(cls, text: str, *, path: str = "<fault file>") -> FaultSpec:
@@ -99,6 +106,8 @@ class FaultSpec:
                 error_rate=float(raw.get("error_rate", 0.0)),
                 leak_bytes_per_s=float(raw.get("leak_bytes_per_s", 0.0)),
                 leak_max_bytes=int(raw.get("leak_max_bytes", DEFAULT_LEAK_MAX_BYTES)),
+                model=str(raw.get("model", "")),
+                version=int(raw.get("version", 0)),
             )
         except (TypeError, ValueError) as exc:
             raise FaultFileError(path, str(exc)) from None
@@ -106,6 +115,10 @@ class FaultSpec:
     @property
     def leaks(self) -> bool:
         return self.leak_bytes_per_s > 0 and self.leak_max_bytes > 0
+
+    def applies_to(self, model: str, version: int) -> bool:
+        """Whether the latency and error faults hit a request served by ``model`` at ``version``."""
+        return (not self.model or self.model == model) and (not self.version or self.version == version)
 
 
 class FaultInjector:
@@ -258,6 +271,8 @@ class FaultyExecutor:
 
     def execute(self, model: LoadedModel, signature: Signature, inputs: Arrays) -> Execution:
         spec = self.injector.current()
+        if (spec.model or spec.version) and not spec.applies_to(model.name, model.version):
+            return self.inner.execute(model, signature, inputs)
         if self.injector.should_fail(spec):
             raise ModelExecutionError(INJECTED_ERROR)
         if spec.latency_factor <= 1.0:

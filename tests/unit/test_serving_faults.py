@@ -207,3 +207,22 @@ def test_leak_thread_grows_memory_and_ends_when_closed(tmp_path: Path) -> None:
     injector.close()
 
     assert injector.leaked_bytes == 0 and not runner.is_alive()
+
+
+def test_faults_limited_to_one_version_leave_the_others_alone(tmp_path: Path, fake: FakeTime) -> None:
+    from types import SimpleNamespace
+
+    path = tmp_path / "faults.json"
+    write(path, {"model": "ranker", "version": 3, "latency_factor": 5, "error_rate": 1.0})
+    _, executor, inner = make(path, fake)
+    stable, other_model = SimpleNamespace(name="ranker", version=2), SimpleNamespace(name="seq", version=3)
+    canary = SimpleNamespace(name="ranker", version=3)
+
+    executor.execute(stable, None, {})  # type: ignore[arg-type]
+    executor.execute(other_model, None, {})  # type: ignore[arg-type]
+    assert inner.calls == 2 and fake.slept == []  # neither slowed nor failed
+    with pytest.raises(ModelExecutionError):
+        executor.execute(canary, None, {})  # type: ignore[arg-type]
+    assert FaultSpec.from_json('{"model": "ranker"}').applies_to("ranker", 7)
+    with pytest.raises(FaultFileError):
+        FaultSpec.from_json('{"version": -1}')
