@@ -534,6 +534,11 @@ def _controller(settings: Settings, args: argparse.Namespace) -> int:
     logging.getLogger("recwatch.controller").info(
         "controlling %s", ", ".join(f"{m} (stable v{v})" for m, v in stable.items())
     )
+    return _run_until_stopped(service, store, stop)
+
+
+def _run_until_stopped(service: Any, store: Any, stop: Any) -> int:
+    """Run a closed-loop service (controller, trainer) until ``stop`` or Ctrl-C; then close it and the store."""
     try:
         service.run(stop)
     except KeyboardInterrupt:
@@ -565,14 +570,7 @@ def _trainer(settings: Settings, args: argparse.Namespace) -> int:
     stop = _stop_event(args.once_seconds)
     service.start()
     logging.getLogger("recwatch.trainer").info("answering retrain commands of the models in %s", args.model_config_file)
-    try:
-        service.run(stop)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        service.close()
-        store.close()
-    return 0
+    return _run_until_stopped(service, store, stop)
 
 
 def _sql(settings: Settings, args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from rollout.controller import RolloutController, RolloutPolicy
@@ -165,15 +165,21 @@ class ControllerService:
         return published
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # the store or Kafka away for a moment: state is rebuilt on the next tick
-                log.exception("controller tick failed; retrying in %.0f s", self.tick_s)
-            stop.wait(self.tick_s)
+        run_ticks(self.tick, stop, self.tick_s, "controller")
 
     def close(self) -> None:
         self.topic.close()
+
+
+def run_ticks(tick: Callable[[], object], stop: threading.Event, tick_s: float, what: str) -> None:
+    """Call ``tick`` every ``tick_s`` seconds until ``stop`` is set. A failing tick is logged and retried: Kafka
+    or the store away for a moment loses nothing, the topic and the store still hold the state."""
+    while not stop.is_set():
+        try:
+            tick()
+        except Exception:
+            log.exception("%s tick failed; retrying in %.0f s", what, tick_s)
+        stop.wait(tick_s)
 
 
 def stable_versions(model_config_file: Path) -> dict[str, int]:

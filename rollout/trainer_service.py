@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from rollout.service import KafkaTopic
+from rollout.service import KafkaTopic, run_ticks
 from rollout.trainer import Fit, ModelDir, Trainer, TrainerPolicy, wall_clock_us
 from schemas import ModelUpdate, topics
 from store.base import Store
@@ -91,12 +91,7 @@ class TrainerService:
         return published
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                self.tick()
-            except Exception:  # Kafka or the store away for a moment: the topic still says what is pending
-                log.exception("trainer tick failed; retrying in %.0f s", self.tick_s)
-            stop.wait(self.tick_s)
+        run_ticks(self.tick, stop, self.tick_s, "trainer")
 
     def close(self) -> None:
         self.topic.close()
