@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -213,14 +214,19 @@ class Shop:
     by the prediction's request id (as a shop's frontend would send them).
 
     ``click_scale`` multiplies every click probability (0.5: CTR halves, a broken product page); it may be
-    changed while the shop runs (``benchmarks/faults``)."""
+    changed while the shop runs (``benchmarks/faults``).
 
-    def __init__(self, bootstrap: str, seed: int = 11, *, click_scale: float = 1.0) -> None:
+    ``taste`` (a :class:`Taste`, None by default; may be set while the shop runs, as the drift story does) replaces
+    the score's part: shoppers then click an item at a rank with ``taste.click_probability(item, rank)``, whatever
+    the model scored it."""
+
+    def __init__(self, bootstrap: str, seed: int = 11, *, click_scale: float = 1.0, taste: Taste | None = None) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
         self._rng = random.Random(seed)
         self.click_scale = click_scale
+        self.taste = taste
         self.counts = {"click": 0, "cart": 0, "buy": 0}
 
     def react(self, request_id: str, user_id: str, items: list[int], scores: list[float]) -> None:
@@ -228,8 +234,13 @@ class Shop:
 
         ranked = sorted(zip(scores, items, strict=True), reverse=True)
         now_us = time.time_ns() // 1000
+        taste = self.taste
         for rank, (score, item) in enumerate(ranked[:10]):
-            if self._rng.random() >= self.click_scale * 0.25 * max(min(score, 1.0), 0.05) / (1 + rank):
+            if taste is None:
+                p = self.click_scale * 0.25 * max(min(score, 1.0), 0.05) / (1 + rank)
+            else:
+                p = self.click_scale * taste.click_probability(item, rank)
+            if self._rng.random() >= p:
                 continue
             behaviors = ["click"]
             if self._rng.random() < 0.3:
@@ -255,6 +266,34 @@ class Shop:
         return dict(self.counts)
 
 
+class Taste:
+    """A preference of the shoppers that no model was trained on: a seeded ``share`` of ``items`` is *hot* (clicked
+    with probability ``hot / (1 + rank)`` at rank 0, 1, …, whatever its score), every other item is clicked with
+    ``cold / (1 + rank)``. A ranker retrained on the feedback can learn which items are hot (their ``item_id`` and
+    popularity); one trained before cannot.
+
+    >>> taste = Taste(range(100, 200), share=0.1, seed=1)
+    >>> len(taste.hot_items), taste.hot_items == Taste(range(199, 99, -1), share=0.1, seed=1).hot_items
+    (10, True)
+    >>> item = min(taste.hot_items)
+    >>> taste.click_probability(item, 0), taste.click_probability(item, 2)
+    (0.9, 0.3)
+    """
+
+    def __init__(
+        self, items: Iterable[int], *, share: float = 0.1, hot: float = 0.9, cold: float = 0.02, seed: int = 23
+    ) -> None:
+        pool = sorted({int(i) for i in items})
+        if not pool or not 0.0 < share <= 1.0:
+            raise ValueError(f"a taste needs items and a share in (0, 1], got {len(pool)} items, share {share}")
+        self.hot_items = frozenset(random.Random(seed).sample(pool, max(1, round(share * len(pool)))))
+        self.hot = hot
+        self.cold = cold
+
+    def click_probability(self, item: int, rank: int) -> float:
+        return (self.hot if item in self.hot_items else self.cold) / (1 + rank)
+
+
 class Traffic:
     """The demo's Predict requests: four of five rank 32 random candidates for a user with the DCN-v2 ranker
     (``item_id`` 1..5000, ``category_id`` = item mod 97), the fifth asks the SASRec model to rank 32 candidates
@@ -265,11 +304,20 @@ class Traffic:
     shifted input distribution. Measured on the demo's ranker (`docs/faults.md`): score mean 0.195 -> 0.259 at
     drift 0.5, 0.323 at 1.0.
 
+    ``drift_items``: draw the drifted candidates from that many items of the catalog only (a seeded sample; None,
+    the default: all ~30,000), so that within minutes shoppers see each item several times (the drift story).
+
     ``model`` / ``seq_model`` name the two models in requests; ``seq_model=None`` sends every request to ``model``.
     """
 
     def __init__(
-        self, seed: int = 7, *, drift: float = 0.0, model: str = MODEL, seq_model: str | None = SEQ_MODEL
+        self,
+        seed: int = 7,
+        *,
+        drift: float = 0.0,
+        model: str = MODEL,
+        seq_model: str | None = SEQ_MODEL,
+        drift_items: int | None = None,
     ) -> None:
         import numpy as np
 
@@ -277,6 +325,7 @@ class Traffic:
         self.drift = drift
         self.model = model
         self.seq_model = seq_model
+        self.drift_items = drift_items
         self._catalog: Any = None
 
     def next(self, i: int) -> tuple[Any, str, list[int]]:
@@ -305,13 +354,17 @@ class Traffic:
         return request, user, [int(c) for c in candidates]
 
     def catalog(self) -> Any:
-        """Item ids of the synthetic training log (generated once, ~0.2 s)."""
+        """Item ids of the synthetic training log (generated once, ~0.2 s), or ``drift_items`` of them."""
         if self._catalog is None:
             import numpy as np
 
             from training.synthetic import generate
 
-            self._catalog = np.unique(generate(20_000, seed=0).item)  # the trainer's --data synthetic defaults
+            catalog = np.unique(generate(20_000, seed=0).item)  # the trainer's --data synthetic defaults
+            if self.drift_items is not None and self.drift_items < len(catalog):
+                sample = np.random.default_rng(5).choice(catalog, size=self.drift_items, replace=False)
+                catalog = np.sort(sample)
+            self._catalog = catalog
         return self._catalog
 
 

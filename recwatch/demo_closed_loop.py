@@ -1,8 +1,11 @@
 """The demo's closed-loop stories, each printed as a timeline read back from the real system.
 
-- **drift**: the shop's traffic drifts (``Traffic.drift``), ``recwatch alerter`` fires ``RecwatchScoreMeanDrift`` on
-  the stable version, its retrain rules publish ``RETRAIN_REQUESTED``, ``recwatch trainer`` trains and evaluates a new
-  version and asks for its deployment, ``recwatch controller`` canaries it, raises its weight and promotes it.
+- **drift**: the shop's traffic drifts (``Traffic.drift``: every candidate from 500 items of the ranker's training
+  catalog) and its shoppers acquire a taste the stable ranker does not know (``Shop.taste``: a seeded 10 % of those
+  items are hot, clicked far more often whatever their score, the rank still counting), ``recwatch alerter`` fires
+  ``RecwatchScoreMeanDrift`` on the stable version, its retrain rules publish ``RETRAIN_REQUESTED``, ``recwatch
+  trainer`` trains a new version on the feedback, which learns the taste, finds it better than stable on the holdout
+  and asks for its deployment, ``recwatch controller`` canaries it, raises its weight and promotes it.
 - **bad-canary**: a copy of stable with injected latency (x5) and errors (20 %), limited to that version by the fault
   file, is deployed with ``recwatch update deploy``; the controller compares it with stable and rolls it back.
 
@@ -15,9 +18,7 @@ fired) and the demo's own actions; ``deployments`` is shown with ``recwatch sql`
 Demo-only settings (all command-line flags of the processes, production defaults in brackets): 30 s comparison
 windows [60], one healthy window per step [3], at least 100 requests [500] and 1,000 impressions [2,000] per arm, a
 retrain after 60 s of firing [300], the trainer on the last 20 minutes [1 day] with at least 300 events [1,000] and
-3 epochs, accepting a candidate up to 0.05 AUC below stable [0.005] (on a few minutes of simulated feedback both
-score near chance, AUC ~0.51, so the default margin refuses or accepts on noise), the worker's allowed
-lateness 5 s [30].
+3 epochs (its margin is the default, 0.005 AUC), the worker's allowed lateness 5 s [30].
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ WINDOW_S = 30  # the controller's comparison window
 DRIFT_ALERT = "RecwatchScoreMeanDrift"
 CONTROLLER_FLAGS = ["--window-seconds", str(WINDOW_S), "--steps", "0.25,0.5", "--healthy-windows", "1",
                     "--min-requests", "100", "--min-impressions", "1000"]  # fmt: skip
-TRAINER_FLAGS = ["--window-minutes", "20", "--min-events", "300", "--epochs", "3", "--margin", "0.05"]
+TRAINER_FLAGS = ["--window-minutes", "20", "--min-events", "300", "--epochs", "3"]
 ALERTER_FLAGS = ["--retrain-after-s", "60", "--retrain-min-interval-s", "3600"]
 DRIFT_DEADLINE_S = 600
+DRIFT_ITEMS = 500  # the drifted catalog: few enough items that each is shown (and a hot one clicked) every few seconds
 BAD_CANARY_DEADLINE_S = 300
 
 
@@ -277,7 +279,7 @@ class _Loop:
 
         import serving.tensors  # noqa: F401
 
-        traffic = Traffic(seed=17, model=self.model, seq_model=None)
+        traffic = Traffic(seed=17, model=self.model, seq_model=None, drift_items=DRIFT_ITEMS)
         traffic.catalog()  # the drift's item catalog, generated once
         self.stable()
         self.pacer = Pacer(f"127.0.0.1:{GRPC_PORT}", self.bootstrap, RATE,
@@ -336,16 +338,24 @@ def drift_story(loop: _Loop) -> bool:
     loop.step("drift: traffic drifts -> score drift alert -> retrain -> canary -> promoted")
     start_s = time.time()
     marks = [Entry(start_s, "demo", f"story begins: {loop.model} stable v{loop.stable()}, {RATE:g} calls/s")]
+    from recwatch.demo import Taste
     from recwatch.demo_alerting import _published_windows
 
     try:
         since_us = int(start_s * 1e6)
         warm = "10 windows published (the detectors' warm-up)"
         loop.wait(warm, lambda: _published_windows(loop.store, since_us) >= 10, 300)
+        taste = Taste(loop.pacer.traffic.catalog())
+        loop.pacer.shop.taste = taste
         loop.pacer.traffic.drift = 1.0
         drift_s = time.time()
         marks.append(
-            Entry(drift_s, "demo", "traffic drifts: every candidate from the ranker's training catalog (drift=1)")
+            Entry(
+                drift_s,
+                "demo",
+                f"traffic drifts: every candidate from {DRIFT_ITEMS} items of the ranker's training catalog (drift=1); "
+                f"shoppers now prefer {len(taste.hot_items)} of them",
+            )
         )
         print(f"{hms(drift_s)} drift on")
         [alert] = loop.wait(
