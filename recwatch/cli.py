@@ -436,7 +436,7 @@ def _alerter(settings: Settings, args: argparse.Namespace) -> int:
 
         watchers.append(
             RetrainTrigger(
-                KafkaTopic(bootstrap),
+                KafkaTopic(bootstrap, reader="alerter"),
                 min_firing_s=args.retrain_after_s,
                 min_interval_s=args.retrain_min_interval_s,
             )

@@ -31,9 +31,12 @@ log = logging.getLogger(__name__)
 class KafkaTopic:
     """``rollout.reconcile.Topic`` over a Kafka topic keyed by model."""
 
-    def __init__(self, bootstrap: str, topic: str = topics.MODEL_UPDATES) -> None:
+    def __init__(self, bootstrap: str, topic: str = topics.MODEL_UPDATES, *, reader: str = "controller") -> None:
+        """``reader`` names the process in the consumer group id (``recwatch-<reader>-<uuid>``), so Kafka's
+        group listings say who reads the topic."""
         self.bootstrap = bootstrap
         self.topic = topic
+        self.reader = reader
         self._by_model: dict[str, list[ModelUpdate]] = defaultdict(list)
         self._seen: set[str] = set()
         self.undecodable = 0
@@ -46,7 +49,7 @@ class KafkaTopic:
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
-                "group.id": f"recwatch-controller-{uuid.uuid4().hex}",  # read all, commit nothing
+                "group.id": f"recwatch-{self.reader}-{uuid.uuid4().hex}",  # read all, commit nothing
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
             }

@@ -68,7 +68,7 @@ class TrainerService:
         fit: Fit | None = None,
     ) -> None:
         policy = policy or TrainerPolicy()
-        self.topic = KafkaTopic(bootstrap, topic)
+        self.topic = KafkaTopic(bootstrap, topic, reader="trainer")
         self.trainer = Trainer(
             self.topic,
             StoreBehaviors(store, max_rows=policy.max_rows),
