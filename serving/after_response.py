@@ -84,13 +84,8 @@ def wait_idle(timeout_s: float = 5.0) -> bool:
 
 
 def _in_scope(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-    pending: list[Callable[[], None]] = []
-    _local.pending = pending
-    try:
+    with Scope():
         return fn(*args, **kwargs)
-    finally:
-        _local.pending = None
-        _run(pending)
 
 
 class DeferringThreadPoolExecutor(ThreadPoolExecutor):

@@ -459,34 +459,39 @@ class _Queue:
         """Compute ``task`` on the calling thread if it is the only request in flight and nothing is queued or
         computing here: no partner can come, and handing it to a batch thread would cost two thread switches
         (~0.1 ms at one request in flight). False (nothing done) otherwise."""
-        if self._in_flight is None or self._in_flight() > 1:
+        if self._in_flight is None or self._in_flight() > 1 or not self._claim_idle():
             return False
-        with self._cond:
-            if self._retired or self._batches or self._running:
-                return False
-            self._running += 1
         try:
             self._run(_Batch(task.key, [task], task.rows, task.enqueued_ns, True))
         finally:
-            with self._cond:
-                self._running -= 1
+            self._release()
         return True
 
     def run_direct(self, inputs: Arrays) -> Execution | None:
         """:meth:`run_alone` for a request that needs no padding, straight to the signature; None (nothing
         done) when something is queued or computing here."""
-        with self._cond:
-            if self._retired or self._batches or self._running:
-                return None
-            self._running += 1
+        if not self._claim_idle():
+            return None
         try:
             clock = self._clock
             start = clock.now_ns()
             outputs = self._signature(inputs)
             return Execution(outputs, compute_us=(clock.now_ns() - start) // 1000)
         finally:
-            with self._cond:
-                self._running -= 1
+            self._release()
+
+    def _claim_idle(self) -> bool:
+        """Count one computation on the caller's thread if nothing is queued or computing here (and the queue
+        is not retired); the caller calls :meth:`_release` when done."""
+        with self._cond:
+            if self._retired or self._batches or self._running:
+                return False
+            self._running += 1
+            return True
+
+    def _release(self) -> None:
+        with self._cond:
+            self._running -= 1
 
     def put(self, task: _Task) -> bool:
         """Add the task to a batch; False if the queue is retired. Raises OverloadedError if full."""

@@ -277,10 +277,7 @@ class Predictor:
         record = _EventRecord(call, self.replica, self._clock.now_us())
         start_ns = time.perf_counter_ns()
         outputs: Arrays = {}
-        resolved: Resolved | None = None
         signature: Signature | None = None
-        status: Status | None = None
-        error = ""
         try:
             resolved = record.resolved = self.manager.resolve(call.model, call.version, call.label, call.request_id)
             signature = resolved.model.signature(call.signature_name)
@@ -298,9 +295,8 @@ class Predictor:
                 if self._cache is not None:
                     self._cache.put(resolved.model, signature, names, arrays, outputs)
         except Exception as exc:
-            status, error = status_of(exc), str(exc)
             outputs = {}
-            record.status, record.error = status, error
+            record.status, record.error = status_of(exc), str(exc)
             if not isinstance(exc, ServingError):
                 log.exception("prediction failed unexpectedly (request_id=%s)", call.request_id)
         record.outputs = outputs
@@ -309,7 +305,7 @@ class Predictor:
         if self._producer_totals is not None:
             record.producer_totals = self._producer_totals()
         record.rss = self._process_rss()
-        outcome = PredictOutcome(resolved, signature, outputs, status, error, record)
+        outcome = PredictOutcome(record.resolved, signature, outputs, record.status, record.error, record)
         defer(lambda: self._publish(outcome.event))
         return outcome
 
