@@ -14,8 +14,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = Path(__file__).resolve().parent / "v1"
 
 
+# Read only by the store engine (ClickHouse ``FORMAT Protobuf`` resolves its ``import`` next to it), never by
+# Python: no generated code.
+ENGINE_ONLY = frozenset({"ingest.proto"})
+
+
 def proto_files() -> list[Path]:
-    return sorted(PROTO_DIR.glob("*.proto"))
+    return sorted(p for p in PROTO_DIR.glob("*.proto") if p.name not in ENGINE_ONLY)
 
 
 def generate(out_dir: Path = ROOT) -> None:

@@ -71,3 +71,22 @@ class Store(Protocol):
     def insert(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
         """Insert rows given column-wise (all sequences of equal length) as one block; returns the row count."""
         ...
+
+
+Statement = tuple[str, str]  # (SQL, output format: "" for no result, "JSONCompact", "ArrowStream", ...)
+
+
+@runtime_checkable
+class InputStore(Protocol):
+    """A store that runs statements over bytes handed to it (chDB: ``file()`` over an uploaded file).
+
+    The ingest fast path (``stream_processors.protobuf_ingest``): Kafka message bytes go to the engine, which
+    parses them itself (``FORMAT Protobuf``). ClickHouse 18.16 has no Protobuf input format, so
+    ``ClickHouseServerStore`` does not implement this and callers fall back to decoding in Python.
+    """
+
+    def run_over_input(self, data: bytes, statements: Sequence[Statement], cleanup: Sequence[str] = ()) -> list[bytes]:
+        """Run ``statements`` in order with ``{input}`` replaced by the path of a file holding ``data``; return
+        each one's output in its format (``b""`` for none). ``cleanup`` statements run afterwards whatever
+        happened (their errors are ignored). A failing statement raises ``QueryError`` with its SQL."""
+        ...

@@ -7,7 +7,10 @@ class directly when only one does (tests, ``recwatch sql`` with nothing running)
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -72,6 +75,26 @@ class ChdbStore:
         # chDB's Python() table function resolves `block` by name in this frame.
         self._run(f"INSERT INTO {table} ({names}) SELECT {names} FROM Python(block)", _block=block)
         return int(block.num_rows)
+
+    def run_over_input(
+        self, data: bytes, statements: Sequence[tuple[str, str]], cleanup: Sequence[str] = ()
+    ) -> list[bytes]:
+        """See ``store.base.InputStore``: ``data`` is written to a temporary file next to the data directory."""
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.input-", suffix=".bin", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            quoted = name.replace("\\", "\\\\").replace("'", "\\'")
+            outputs = []
+            for sql, fmt in statements:
+                out = self._run(sql.replace("{input}", quoted), fmt or "CSV")
+                outputs.append(out if fmt else b"")
+            return outputs
+        finally:
+            for sql in cleanup:
+                with contextlib.suppress(StoreError):
+                    self._run(sql)
+            os.unlink(name)
 
     def column_types(self, table: str) -> dict[str, str]:
         cached = self._types.get(table)

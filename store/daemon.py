@@ -8,6 +8,9 @@ through ``<data dir>.daemon.json`` and talks to it with ``ChdbDaemonStore``. Pro
 - ``POST /execute`` body: SQL         -> 204
 - ``POST /query``   body: SQL         -> the JSONCompact answer
 - ``POST /insert?table=T`` body: an Arrow IPC stream -> ``{"rows": n}``
+- ``POST /run_over_input`` body: 4-byte big-endian length, that many bytes of JSON ``{"statements": [[sql,
+  format], ...], "cleanup": [sql, ...]}``, then the input bytes -> per statement an 8-byte big-endian length and
+  its output (``store.base.InputStore``: the ingest fast path hands the engine raw Kafka message bytes)
 
 Errors answer 400 with ``{"error": "...", "sql": "..."}`` (a bad statement) or 503 (store not open).
 """
@@ -19,6 +22,7 @@ import http.client
 import json
 import os
 import signal
+import struct
 import threading
 from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +70,17 @@ class _Handler(BaseHTTPRequestHandler):
             elif parts.path == "/query":
                 sql = body.decode()
                 self._reply(200, store.query_json(sql))
+            elif parts.path == "/run_over_input":
+                (size,) = struct.unpack_from(">I", body)
+                spec = json.loads(body[4 : 4 + size])
+                statements = [(str(q), str(f)) for q, f in spec["statements"]]
+                sql = "; ".join(q for q, _ in statements)
+                try:
+                    outputs = store.run_over_input(body[4 + size :], statements, [str(c) for c in spec["cleanup"]])
+                except QueryError as exc:
+                    sql = exc.sql
+                    raise
+                self._reply(200, b"".join(struct.pack(">Q", len(o)) + o for o in outputs))
             elif parts.path == "/insert":
                 table = parse_qs(parts.query)["table"][0]
                 sql = f"INSERT INTO {table}"
@@ -180,6 +195,24 @@ class ChdbDaemonStore:
         answer = self._request("POST", f"/insert?table={table}", sink.getvalue().to_pybytes(), f"INSERT INTO {table}")
         return int(json.loads(answer)["rows"])
 
+    def run_over_input(
+        self, data: bytes, statements: Sequence[tuple[str, str]], cleanup: Sequence[str] = ()
+    ) -> list[bytes]:
+        """See ``store.base.InputStore``: one request; the daemon writes ``data`` to a file and runs them."""
+        spec = json.dumps({"statements": [list(s) for s in statements], "cleanup": list(cleanup)}).encode()
+        answer = self._request(
+            "POST",
+            "/run_over_input",
+            struct.pack(">I", len(spec)) + spec + data,
+            statements[0][0] if statements else "",
+        )
+        outputs, at = [], 0
+        for _ in statements:
+            (n,) = struct.unpack_from(">Q", answer, at)
+            outputs.append(answer[at + 8 : at + 8 + n])
+            at += 8 + n
+        return outputs
+
     def _request(self, method: str, path: str, body: bytes, sql: str = "") -> bytes:
         for attempt in (0, 1):  # one retry on a connection the daemon closed while idle
             conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -198,9 +231,10 @@ class ChdbDaemonStore:
                 continue
             if resp.status < 300:
                 return data
-            error = json.loads(data or b"{}").get("error", data.decode(errors="replace"))
+            reply = json.loads(data or b"{}")
+            error = reply.get("error", data.decode(errors="replace"))
             if resp.status == 400:
-                raise QueryError(error, sql)
+                raise QueryError(error, reply.get("sql") or sql)
             raise StoreUnavailableError(f"store daemon at {self.host}:{self.port}: {error}")
         raise AssertionError("unreachable")
 

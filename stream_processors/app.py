@@ -16,6 +16,7 @@ unacknowledged batches, and the sink's offset bookkeeping makes redelivery harml
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, Iterable, Iterator
@@ -29,7 +30,7 @@ from store.base import Store
 from stream_processors import faust_batching
 from stream_processors.decode import Rejected
 from stream_processors.feedback_sink import FeedbackBatchResult, FeedbackSink
-from stream_processors.inference_sink import BatchResult, InferenceSink, Message
+from stream_processors.inference_sink import BatchResult, InferenceSink, Staged
 from stream_processors.window_emitter import WindowEmitter
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,19 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         allowed_lateness_s=settings.allowed_lateness_s,
     )
     feedback_sink = FeedbackSink(store, inference_topic=settings.source_topic, feedback_topic=settings.feedback_topic)
-    # One thread owns the sinks: their caches are touched by batches and by rebalances, never concurrently.
+    # One thread owns the sinks: their caches are touched by batches and by rebalances, never concurrently. The
+    # ingest thread runs InferenceSink.stage (the store engine's half of a batch) of the next batch meanwhile.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recwatch-sink")
+    ingest_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recwatch-ingest")
+    pipeline = asyncio.Lock()  # a batch of fetches in flight, or a rebalance: not both
     totals = {"events": 0, "feedback": 0, "duplicates": 0, "rejected": 0}
 
     async def in_sink_thread(fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
-    def write_inference(batch: list[Message]) -> tuple[BatchResult, FeedbackBatchResult]:
-        # raw rows first: the feedback sink rebuilds its join state from them after a restart
-        result = sink.write_batch(batch)
-        return result, feedback_sink.write_batch(inference=result.decoded)  # decoded once
+    def complete_inference(staged: Staged) -> tuple[BatchResult, FeedbackBatchResult]:
+        result = sink.complete(staged)
+        return result, feedback_sink.write_batch(inference=result.decoded, predictions=result.predictions)
 
     async def dead_letter(rejected: list[Rejected]) -> None:
         for r in rejected:
@@ -101,31 +104,64 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
                 },
             )
 
-    def chunks(fetches: list[Any]) -> Iterator[list[Message]]:
-        """The fetched records in store writes of at most ``batch_max_rows``."""
-        batch = [Message(r.partition, r.offset, r.value) for records in fetches for r in records]
+    def chunks(fetches: list[Any]) -> Iterator[list[Any]]:
+        """The fetched records (aiokafka ``ConsumerRecord``: partition, offset, value) in store writes of at most
+        ``batch_max_rows``."""
+        batch = [r for records in fetches for r in records]
         for start in range(0, len(batch), settings.batch_max_rows):
             yield batch[start : start + settings.batch_max_rows]
+
+    async def report(done: tuple[BatchResult, FeedbackBatchResult]) -> None:
+        result, business = done
+        await dead_letter(result.rejected)
+        totals["events"] += result.events_written
+        totals["duplicates"] += result.duplicates_skipped
+        totals["rejected"] += len(result.rejected)
+        log.info(
+            "inference batch: %d events written, %d windows, %d business windows updated, "
+            "%d redelivered skipped, %d rejected (totals %s)",
+            result.events_written,
+            result.windows_written,
+            business.windows_written,
+            result.duplicates_skipped,
+            len(result.rejected),
+            totals,
+        )
+
+    async def write_inference(batches: Iterable[list[Any]]) -> None:
+        """Each batch through ``sink.stage`` (ingest thread) then ``complete_inference`` (sink thread), batch k's
+        completion overlapping batch k + 1's stage. Returns when all are complete (then their offsets may be
+        acknowledged); on an error, once nothing runs any more, with both sinks' state of the batches' partitions
+        dropped (read back from the store next time)."""
+        loop = asyncio.get_running_loop()
+        previous: asyncio.Future[tuple[BatchResult, FeedbackBatchResult]] | None = None
+        touched: set[int] = set()
+        try:
+            for batch in batches:
+                partitions = {r.partition for r in batch}
+                touched |= partitions
+                if not (sink.knows(partitions) and feedback_sink.knows(partitions)):
+                    if previous is not None:  # a partition's first batch: its state is read from the store
+                        await report(await previous)
+                        previous = None
+                    await in_sink_thread(feedback_sink.prepare, partitions)
+                staged = await loop.run_in_executor(ingest_executor, sink.stage, batch)
+                if previous is not None:
+                    await report(await previous)
+                previous = loop.run_in_executor(executor, complete_inference, staged)
+            if previous is not None:
+                await report(await previous)
+        except BaseException:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await in_sink_thread(forget_in_sinks, sorted(touched), sorted(touched))
+            raise
 
     @app.agent(source, name="inference-sink")
     async def inference_sink(stream: AsyncIterable[Any]) -> None:
         async for fetches in stream.take(settings.batch_fetches, within=settings.batch_within_s):  # type: ignore[attr-defined]
-            for batch in chunks(fetches):
-                result, business = await in_sink_thread(write_inference, batch)
-                await dead_letter(result.rejected)
-                totals["events"] += result.events_written
-                totals["duplicates"] += result.duplicates_skipped
-                totals["rejected"] += len(result.rejected)
-                log.info(
-                    "inference batch: %d events written, %d windows, %d business windows updated, "
-                    "%d redelivered skipped, %d rejected (totals %s)",
-                    result.events_written,
-                    result.windows_written,
-                    business.windows_written,
-                    result.duplicates_skipped,
-                    len(result.rejected),
-                    totals,
-                )
+            async with pipeline:
+                await write_inference(chunks(fetches))
 
     @app.agent(feedback, name="feedback-sink")
     async def feedback_agent(stream: AsyncIterable[Any]) -> None:
@@ -178,7 +214,8 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         inference = [tp.partition for tp in tps if tp.topic == settings.source_topic]
         either = sorted({tp.partition for tp in tps if tp.topic in (settings.source_topic, settings.feedback_topic)})
         if either:
-            await in_sink_thread(forget_in_sinks, inference, either)
+            async with pipeline:
+                await in_sink_thread(forget_in_sinks, inference, either)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
@@ -202,6 +239,8 @@ def run_worker(settings: WorkerSettings, store: Store, loglevel: str = "info") -
         pass
     else:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    with contextlib.suppress(ImportError):
+        import pandas  # noqa: F401  (pyarrow imports it when it builds its first table: ~0.3 s, not in a batch)
     app = create_app(settings, store)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, override_logging=False)
     worker.execute_from_commandline()

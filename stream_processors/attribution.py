@@ -67,9 +67,12 @@ import heapq
 import sys
 from collections import Counter
 from dataclasses import dataclass, fields, replace
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from schemas import FeedbackEvent, InferenceEvent
+
+if TYPE_CHECKING:
+    from stream_processors.protobuf_ingest import PredictionColumns
 
 WindowKey = tuple[int, str, int, str]  # window_start (s), model, version, label
 
@@ -138,14 +141,21 @@ _BIT_FIELDS: Final[dict[int, tuple[str, str]]] = {
 class _Prediction:
     __slots__ = ("actions", "event_id", "items", "received_us", "seen", "shown", "window")
 
-    def __init__(self, event_id: str, received_us: int, window: BusinessWindow, items: tuple[str, ...]) -> None:
+    def __init__(self, event_id: str, received_us: int, window: BusinessWindow, items: tuple[str, ...] | str) -> None:
         self.event_id = event_id
         self.received_us = received_us
         self.window = window
-        self.items = items
+        self.items = items  # a NUL-joined str until first needed (see ranked())
         self.shown: set[str] | None = None  # None: every ranked item counts as shown
         self.actions: dict[str, int] | None = None  # item -> bits of attributed behaviours
         self.seen: set[str] | None = None  # feedback event ids
+
+    def ranked(self) -> tuple[str, ...]:
+        """The distinct ranked items (popular items are candidates of many requests: one interned copy)."""
+        items = self.items
+        if isinstance(items, str):
+            items = self.items = tuple(dict.fromkeys(map(sys.intern, items.split("\0"))))
+        return items
 
 
 class _Pending:
@@ -202,37 +212,87 @@ class Attribution:
 
     def add_prediction(self, ev: InferenceEvent) -> None:
         """Count the impressions of a prediction, resolve its pending feedback, advance the watermark."""
-        received = ev.received_us
-        request_id = ev.request_id
-        if received <= 0 or not request_id or not ev.model:
+        items = tuple(dict.fromkeys(map(sys.intern, ev.item_ids)))
+        self.add_predicted(
+            ev.request_id,
+            ev.event_id,
+            ev.received_us,
+            ev.model,
+            ev.version,
+            ev.label,
+            ev.status_code,
+            items,
+            len(items),
+        )
+
+    def add_predicted(
+        self,
+        request_id: str,
+        event_id: str,
+        received: int,
+        model: str,
+        version: int,
+        label: str,
+        status_code: int,
+        items: tuple[str, ...] | str,
+        n_items: int,
+    ) -> None:
+        """:meth:`add_prediction` from the fields it reads: ``items`` are the ranked items, as a tuple of distinct
+        ones or NUL-joined (split and deduplicated only when feedback for the request arrives, which most
+        predictions never get: the ingest fast path hands them over like that); ``n_items`` distinct ones."""
+        if received <= 0 or not request_id or not model:
             self.skipped_predictions["invalid"] += 1
             return
         if received > self.watermark_us:
             self.watermark_us = received
-        if ev.status_code != 0:
+        if status_code != 0:
             self.skipped_predictions["error"] += 1
-        elif not ev.item_ids:
+        elif not n_items:
             self.skipped_predictions["no_items"] += 1
         elif received < self.watermark_us - self._keep_us:
             self.skipped_predictions["late"] += 1
         elif (known := self._predictions.get(request_id)) is not None:
-            self.skipped_predictions["duplicate" if known.event_id == ev.event_id else "request_id_reused"] += 1
+            self.skipped_predictions["duplicate" if known.event_id == event_id else "request_id_reused"] += 1
         else:
-            self._add(request_id, ev, received)
+            self._add(request_id, event_id, received, model, version, label, items, n_items)
         self._advance()
 
-    def _add(self, request_id: str, ev: InferenceEvent, received: int) -> None:
+    def add_predictions(self, columns: PredictionColumns, start: int, end: int) -> None:
+        """:meth:`add_predicted` for rows ``start:end`` of the ingest fast path's columns."""
+        c, add = columns, self.add_predicted
+        for args in zip(
+            c.request_id[start:end],
+            c.event_id[start:end],
+            c.received_us[start:end],
+            c.model[start:end],
+            c.version[start:end],
+            c.label[start:end],
+            c.status_code[start:end],
+            c.items[start:end],
+            c.n_items[start:end],
+            strict=True,
+        ):
+            add(*args)
+
+    def _add(
+        self,
+        request_id: str,
+        event_id: str,
+        received: int,
+        model: str,
+        version: int,
+        label: str,
+        items: tuple[str, ...] | str,
+        n_items: int,
+    ) -> None:
         start = received // 1_000_000 // self.window_s * self.window_s
-        model, version, label = ev.model, ev.version, ev.label
         key = (start, model, version, label)
         window = self._windows.get(key)
         if window is None:
             window = self._windows[key] = BusinessWindow(start, model, version, label)
-        # popular items are candidates of many requests: one interned copy; a repeated candidate is one impression
-        items = tuple(dict.fromkeys(map(sys.intern, ev.item_ids)))
-        p = self._predictions[request_id] = _Prediction(ev.event_id, received, window, items)
+        p = self._predictions[request_id] = _Prediction(event_id, received, window, items)
         heapq.heappush(self._by_time, (received, request_id))
-        window.impressions += len(items)
+        window.impressions += n_items
         self._dirty[key] = window
         pending = self._pending.pop(request_id, None)
         if pending is not None:
@@ -290,7 +350,7 @@ class Attribution:
         else:
             p.seen.add(fb.event_id)
         item = fb.item_id
-        if item not in p.items:
+        if item not in p.ranked():
             self.unattributed["item_not_shown"] += 1
             w.not_shown += 1
         elif not -self._skew_us <= fb.ts_us - p.received_us <= self._window_us:
@@ -300,7 +360,7 @@ class Attribution:
             if p.shown is None:  # the shop reports impressions: count only those (and engaged items) from now on
                 p.shown = set(p.actions or ())
                 p.shown.add(item)
-                w.impressions += len(p.shown) - len(p.items)
+                w.impressions += len(p.shown) - len(p.ranked())
             elif item not in p.shown:
                 p.shown.add(item)
                 w.impressions += 1
@@ -363,7 +423,7 @@ class Attribution:
                     p.event_id,
                     p.received_us,
                     list(p.window.key),
-                    list(p.items),
+                    list(p.ranked()),
                     None if p.shown is None else sorted(p.shown),
                     p.actions,
                     None if p.seen is None else sorted(p.seen),

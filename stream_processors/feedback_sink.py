@@ -63,21 +63,25 @@ stored row: 1.2 s for 20,000 predictions and 40,000 feedback events; with the de
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from schemas import FeedbackEvent, InferenceEvent, topics
 from store.base import Store, StoreError
 from stream_processors.attribution import Attribution, BusinessWindow
 from stream_processors.decode import Rejected, decode_feedback, decode_inference
-from stream_processors.inference_sink import Message
+from stream_processors.inference_sink import Record
+
+if TYPE_CHECKING:
+    from stream_processors.protobuf_ingest import PredictionColumns
 
 WINDOW_S: Final = 60  # business_metrics_1m
 COUNT_COLUMNS: Final = tuple(f.name for f in fields(BusinessWindow))[4:]
-Prediction = Message | tuple[Message, InferenceEvent]  # a message, or one already decoded by the caller
+Prediction = Record | tuple[Record, InferenceEvent]  # a message, or one already decoded by the caller
 
 _BEHAVIOR_NAMES: Final = {v: n.lower() for n, v in FeedbackEvent.Behavior.items()}
 _BEHAVIOR_VALUES: Final = {n: v for v, n in _BEHAVIOR_NAMES.items()}
@@ -165,35 +169,66 @@ class FeedbackSink:
         for p in partitions:
             self._partitions.pop(p, None)
 
+    def knows(self, partitions: Iterable[int]) -> bool:
+        """Whether every one of these partitions has its state (``prepare`` would read nothing)."""
+        return all(p in self._partitions for p in partitions)
+
+    def prepare(self, partitions: Iterable[int]) -> None:
+        """Rebuild the state of partitions not seen yet, *before* their next inference batch is stored: the batch's
+        predictions then come in as new (cheap, from the ingest fast path) instead of being replayed from the store
+        as part of the rebuild (~20 µs per prediction)."""
+        for p in partitions:
+            self._partition(p)
+
     def write_batch(
-        self, inference: Sequence[Prediction] = (), feedback: Sequence[Message] = ()
+        self,
+        inference: Sequence[Prediction] = (),
+        feedback: Sequence[Record] = (),
+        predictions: PredictionColumns | None = None,
     ) -> FeedbackBatchResult:
         """Fold a batch of both topics in (offsets increasing within each partition and topic).
 
         ``inference`` holds the messages already given to ``InferenceSink.write_batch``, each as a ``Message`` or
         as ``(message, event)`` if the caller has decoded it; invalid ones are skipped (``InferenceSink`` rejects
-        them). Invalid feedback is returned in ``rejected``. Raises ``StoreError`` if the store fails; the batch's
+        them); or, from the ingest fast path, their fields in ``predictions``. Invalid feedback is returned in
+        ``rejected``. Raises ``StoreError`` if the store fails; the batch's
         partitions are then rebuilt from the store at their next batch, so retrying or redelivering the batch
         neither loses nor double-counts anything.
         """
         touched = sorted(
-            {(x if isinstance(x, Message) else x[0]).partition for x in inference} | {m.partition for m in feedback}
+            {(x[0] if isinstance(x, tuple) else x).partition for x in inference}
+            | {m.partition for m in feedback}
+            | set(predictions.partition if predictions is not None else ())
         )
         try:
-            return self._write(inference, feedback, touched)
+            return self._write(inference, feedback, predictions, touched)
         except StoreError:
             self.forget_partitions(touched)  # the in-memory state ran ahead of the store
             raise
 
     def _write(
-        self, inference: Sequence[Prediction], feedback: Sequence[Message], touched: list[int]
+        self,
+        inference: Sequence[Prediction],
+        feedback: Sequence[Record],
+        fast: PredictionColumns | None,
+        touched: list[int],
     ) -> FeedbackBatchResult:
         result = FeedbackBatchResult()
         parts = {p: self._partition(p) for p in touched}
         now_us = self._clock_us() if self._clock_us is not None else None
         predictions: dict[int, list[InferenceEvent]] = {}
+        slices: dict[int, tuple[int, int]] = {}  # the fast path's new predictions: an index range per partition
+        if fast is not None:
+            for p in set(fast.partition):  # sorted by partition, then offset
+                part = parts[p]
+                start = bisect.bisect_left(fast.partition, p)
+                end = bisect.bisect_right(fast.partition, p, start)
+                new = bisect.bisect_right(fast.offset, part.inference_hw, start, end)
+                if new < end:
+                    slices[p] = (new, end)
+                    part.inference_hw = fast.offset[end - 1]
         for item in inference:
-            msg, ev = (item, None) if isinstance(item, Message) else item
+            msg, ev = item if isinstance(item, tuple) else (item, None)
             part = parts[msg.partition]
             if msg.offset <= part.inference_hw:
                 continue
@@ -204,7 +239,7 @@ class FeedbackSink:
                     continue
                 ev = decoded
             predictions.setdefault(msg.partition, []).append(ev)
-        fresh: list[tuple[Message, FeedbackEvent]] = []
+        fresh: list[tuple[Record, FeedbackEvent]] = []
         for msg in feedback:
             part = parts[msg.partition]
             if msg.offset <= part.feedback_hw:
@@ -228,13 +263,16 @@ class FeedbackSink:
             preds = predictions.get(p, ())
             for ev in preds:
                 a.add_prediction(ev)
+            start, end = slices.get(p, (0, 0))
+            if fast is not None and end > start:
+                a.add_predictions(fast, start, end)
             fbs = by_partition.get(p, ())
             flags = held[p] = []
             for fb in fbs:
                 before = a.pending_feedback
                 a.add_feedback(fb)
                 flags.append(int(a.pending_feedback > before or before >= a.max_pending))
-            result.predictions_added += len(preds)
+            result.predictions_added += len(preds) + end - start
             self._collect_unattributed(part, max((fb.ts_us for fb in fbs), default=0))
             windows.extend((part, p, w) for w in a.take_dirty())
         if fresh:  # raw rows before aggregates: the replay after a crash reads them
@@ -260,7 +298,7 @@ class FeedbackSink:
         return result
 
     def _feedback_columns(
-        self, fresh: list[tuple[Message, FeedbackEvent]], parts: dict[int, _Partition]
+        self, fresh: list[tuple[Record, FeedbackEvent]], parts: dict[int, _Partition]
     ) -> dict[str, list[object]]:
         fbs = [fb for _, fb in fresh]
         return {

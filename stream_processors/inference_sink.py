@@ -17,15 +17,22 @@ needs a fresh database (documented in docs/tables.md).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from schemas import InferenceEvent
-from store.base import Store
+from store.base import InputStore, Store, StoreError
 from stream_processors.decode import Rejected, decode_inference
 from stream_processors.sketch import LatencySketch
 from stream_processors.windows import Watermark, WindowSpec
+
+if TYPE_CHECKING:
+    from stream_processors.protobuf_ingest import PredictionColumns
+
+log = logging.getLogger(__name__)
 
 WindowKey = tuple[int, str, int, str, str, int]  # window_start (s), model, version, label, replica, partition
 
@@ -123,8 +130,12 @@ class WindowState:
                 for x in head:
                     s += x
                     sq += x * x
-                    b = int(x * SCORE_BINS)
-                    hist[top if b > top else 0 if b < 0 else b] += 1
+                    v = x * SCORE_BINS
+                    if -1e18 < v < 1e18:
+                        b = int(v)
+                        hist[top if b > top else 0 if b < 0 else b] += 1
+                    else:  # inf, nan (a broken model): counted, at the end they lean to (nan: the bottom)
+                        hist[top if v > 0 else 0] += 1
                 self.score_count += len(head)
                 self.score_sum += s
                 self.score_sumsq += sq
@@ -139,13 +150,38 @@ class Message:
     value: bytes | None
 
 
+class Record(Protocol):
+    """A ``Message``, or anything with its fields (aiokafka's ``ConsumerRecord``: the worker passes those)."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass
 class BatchResult:
     events_written: int = 0
     duplicates_skipped: int = 0
     windows_written: int = 0
-    decoded: list[tuple[Message, InferenceEvent]] = field(default_factory=list)  # for the feedback sink
+    decoded: list[tuple[Record, InferenceEvent]] = field(default_factory=list)  # for the feedback sink ...
+    predictions: PredictionColumns | None = None  # ... or this, from the ingest fast path
     rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass
+class Staged:
+    """A batch between ``InferenceSink.stage`` and ``complete``: ``result`` is None when complete must take it
+    through the Python path."""
+
+    messages: Sequence[Record]
+    result: BatchResult | None
+    deltas: dict[WindowKey, WindowState]
+    max_event_us: dict[int, int] = field(default_factory=dict)
 
 
 class InferenceSink:
@@ -157,10 +193,18 @@ class InferenceSink:
         window_s: int = 10,
         allowed_lateness_s: int = 30,
         state_horizon_s: int = 3600,
+        fast_path: bool | None = None,
     ) -> None:
+        """``fast_path``: hand the message bytes to the store engine (``protobuf_ingest``); None (the default)
+        when the store can (chDB), False to decode in Python always."""
+        if fast_path and not isinstance(store, InputStore):
+            raise ValueError(f"the store at {store.url} cannot parse Protobuf itself: no fast path")
         self.store = store
         self.topic = topic
         self.window_s = window_s
+        self.allowed_lateness_s = allowed_lateness_s
+        self._input: InputStore | None = store if fast_path is not False and isinstance(store, InputStore) else None
+        self.parse_fallbacks = 0  # batches the engine could not parse, decoded in Python instead
         self.state_horizon_s = state_horizon_s
         self._high_water: dict[int, int] = {}  # partition -> highest offset stored in inference_events
         self._windows: dict[WindowKey, WindowState] = {}
@@ -179,15 +223,123 @@ class InferenceSink:
         for key in [k for k in self._windows if k[5] in lost]:
             del self._windows[key]
 
-    def write_batch(self, messages: Sequence[Message]) -> BatchResult:
+    def write_batch(self, messages: Sequence[Record]) -> BatchResult:
         """Store a batch of messages (any partitions, offsets increasing within each partition).
 
         Raises ``StoreError`` if the store fails; nothing of the batch is then marked done, so the caller may
         retry the same batch (or let Kafka redeliver it) without double counting.
         """
+        return self.complete(self.stage(messages))
+
+    # The two halves of write_batch, for a worker that overlaps them across batches: stage(k + 1) (mostly the
+    # store engine's work) may run in one thread while complete(k) (mostly Python's) runs in another, provided
+    # every partition of batch k + 1 has been seen before (``knows``), stage calls are in batch order, complete
+    # calls are in batch order, and after a StoreError from either the caller stops, waits for both and calls
+    # ``forget_partitions`` for both batches. Offsets may be acknowledged once complete(k) has returned.
+
+    def knows(self, partitions: Iterable[int]) -> bool:
+        """Whether the sink has cached state for all these partitions (stage then reads nothing else)."""
+        return all(p in self._progress and p in self._high_water for p in partitions)
+
+    def stage(self, messages: Sequence[Record]) -> Staged:
+        """The first half: on the fast path, the engine parses, stores and aggregates the batch."""
+        if self._input is not None and messages:
+            from stream_processors.protobuf_ingest import ParseFailed
+
+            try:
+                return self._stage_ingested(self._input, messages)
+            except ParseFailed as exc:
+                self.parse_fallbacks += 1
+                log.warning(
+                    "the store could not parse a batch of %d messages, decoding it in Python: %s",
+                    len(messages),
+                    str(exc).splitlines()[0][:300],
+                )
+        return Staged(messages, None, {})
+
+    def complete(self, staged: Staged) -> BatchResult:
+        """The second half: fold the deltas into the cumulative window rows and write them (or, for a batch the
+        engine did not take, the whole Python path)."""
+        if staged.result is None:
+            return self._write_decoded(staged.messages)
+        result = staged.result
+        try:
+            result.windows_written = self._merge_deltas(staged.deltas, staged.max_event_us)
+        except StoreError:
+            self.forget_partitions({m.partition for m in staged.messages})
+            raise
+        return result
+
+    def _stage_ingested(self, store: InputStore, messages: Sequence[Record]) -> Staged:
+        from stream_processors.protobuf_ingest import ingest
+
         result = BatchResult()
-        decoded_events: list[tuple[Message, InferenceEvent]] = []
-        new_events: list[tuple[Message, InferenceEvent]] = []
+        partitions = {m.partition for m in messages}
+        try:
+            high_water = {p: self._high_water_of(p) for p in partitions}
+            self._restore_progress(partitions)
+            framed = [m for m in messages if m.value]
+            if len(framed) < len(messages):
+                for m in messages:
+                    if not m.value and m.offset > high_water[m.partition]:
+                        result.rejected.append(Rejected(self.topic, m.partition, m.offset, b"", "empty"))
+            out = None
+            if framed:
+                out = ingest(
+                    store,
+                    framed,
+                    high_water=high_water,
+                    progress={p: self._progress[p] for p in partitions},
+                    max_event_us={p: self._max_event_us.get(p, 0) for p in partitions},
+                    window_s=self.window_s,
+                    allowed_lateness_s=self.allowed_lateness_s,
+                    now_us=time.time_ns() // 1000,
+                )
+        except StoreError:
+            self.forget_partitions(partitions)  # the cached offsets may be behind what the store now holds
+            raise
+        hw = self._high_water
+        last = {m.partition: m.offset for m in messages}  # offsets increase within a partition
+        for p, offset in last.items():  # rejected ones count as done too: they are on the dead-letter topic
+            hw[p] = max(hw[p], offset)
+        if out is None:
+            return Staged(messages, result, {})
+        if out.rejected:
+            values = {(m.partition, m.offset): m.value or b"" for m in framed}
+            result.rejected.extend(Rejected(self.topic, p, o, values[(p, o)], r) for p, o, r in out.rejected)
+            result.rejected.sort(key=lambda r: (r.partition, r.offset))
+        result.events_written, result.duplicates_skipped = out.written, out.seen
+        result.predictions = out.predictions
+        for p, (event_us, offset) in out.folded.items():  # what the next stage() starts from
+            if event_us > self._max_event_us.get(p, -1):
+                self._max_event_us[p] = event_us
+            self._progress[p] = max(self._progress[p], offset)
+            self._watermark.restore(p, self._max_event_us[p])  # for a batch the Python path takes
+        staged = Staged(messages, result, out.deltas)
+        staged.max_event_us = {p: self._max_event_us[p] for p in out.folded}
+        return staged
+
+    def _merge_deltas(self, deltas: dict[WindowKey, WindowState], max_event_us: dict[int, int]) -> int:
+        """Add the batch's per-window deltas to the cumulative rows and write those (with each partition's latest
+        event time as of this batch)."""
+        if not deltas:
+            return 0
+        self._load_windows(set(deltas))
+        updated: dict[WindowKey, WindowState] = {}
+        for key, delta in deltas.items():
+            state = updated[key] = self._windows[key].copy()  # the cache changes only once the insert succeeded
+            state.merge(delta)
+            state.last_offset = max(state.last_offset, delta.last_offset)
+        self.store.insert("inference_metrics_10s_parts", _window_columns(updated, max_event_us))
+        self._windows.update(updated)
+        self._evict(max(k[0] for k in deltas))
+        return len(updated)
+
+    def _write_decoded(self, messages: Sequence[Record]) -> BatchResult:
+        """The Python path: decode, build the columns and fold the windows here."""
+        result = BatchResult()
+        decoded_events: list[tuple[Record, InferenceEvent]] = []
+        new_events: list[tuple[Record, InferenceEvent]] = []
         high_water = {p: self._high_water_of(p) for p in {m.partition for m in messages}}
         for msg in messages:
             seen = msg.offset <= high_water[msg.partition]
@@ -222,14 +374,14 @@ class InferenceSink:
             self._high_water[partition] = high
         return high
 
-    def _aggregate(self, fresh: list[tuple[Message, InferenceEvent]]) -> int:
+    def _aggregate(self, fresh: list[tuple[Record, InferenceEvent]]) -> int:
         """Fold events into their windows; an event whose window the partition's watermark already closed
         counts as late in that window's row instead. Only offsets past the partition's progress count."""
         if not fresh:
             return 0
         self._restore_progress({msg.partition for msg, _ in fresh})
         progress, watermark, window_s = self._progress, self._watermark, self.window_s
-        keyed: list[tuple[WindowKey, Message, InferenceEvent, bool]] = []
+        keyed: list[tuple[WindowKey, Record, InferenceEvent, bool]] = []
         for msg, ev in fresh:
             p = msg.partition
             if msg.offset <= progress[p]:
@@ -307,7 +459,7 @@ class InferenceSink:
             del self._windows[key]
 
 
-def _event_columns(fresh: list[tuple[Message, InferenceEvent]]) -> dict[str, list[object]]:
+def _event_columns(fresh: list[tuple[Record, InferenceEvent]]) -> dict[str, list[object]]:
     """Column lists for ``inference_events``, built column by column (one comprehension per column costs a
     third of building a row tuple per event and transposing it)."""
     evs = [ev for _, ev in fresh]

@@ -10,13 +10,13 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from schemas import InferenceEvent, topics
-from schemas.generate import PROTO_DIR, generate
+from schemas.generate import PROTO_DIR, generate, proto_files
 
 
 def test_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
     generate(tmp_path)
-    for proto in PROTO_DIR.glob("*.proto"):
+    for proto in proto_files():
         for suffix in ("_pb2.py", "_pb2.pyi"):
             name = proto.stem + suffix
             fresh = tmp_path / "schemas" / "v1" / name
