@@ -459,7 +459,7 @@ class InferenceSink:
             del self._windows[key]
 
 
-def _event_columns(fresh: list[tuple[Record, InferenceEvent]]) -> dict[str, list[object]]:
+def _event_columns(fresh: Sequence[tuple[Record, InferenceEvent]]) -> dict[str, list[object]]:
     """Column lists for ``inference_events``, built column by column (one comprehension per column costs a
     third of building a row tuple per event and transposing it)."""
     evs = [ev for _, ev in fresh]
