@@ -8,9 +8,11 @@ through ``<data dir>.daemon.json`` and talks to it with ``ChdbDaemonStore``. Pro
 - ``POST /execute`` body: SQL         -> 204
 - ``POST /query``   body: SQL         -> the JSONCompact answer
 - ``POST /insert?table=T`` body: an Arrow IPC stream -> ``{"rows": n}``
-- ``POST /run_over_input`` body: 4-byte big-endian length, that many bytes of JSON ``{"statements": [[sql,
-  format], ...], "cleanup": [sql, ...]}``, then the input bytes -> per statement an 8-byte big-endian length and
-  its output (``store.base.InputStore``: the ingest fast path hands the engine raw Kafka message bytes)
+- ``POST /run_over_input`` body: JSON ``{"path": file, "statements": [[sql, format], ...], "cleanup": [sql,
+  ...]}`` -> per statement an 8-byte big-endian length and its output (``store.base.InputStore``: the ingest
+  fast path hands the engine raw Kafka message bytes). The client writes the input file next to the data
+  directory (this host: the daemon serves loopback only) and deletes it afterwards: ~14 MB per 20,000 events
+  need not pass through this process's Python.
 
 Errors answer 400 with ``{"error": "...", "sql": "..."}`` (a bad statement) or 503 (store not open).
 """
@@ -34,7 +36,7 @@ import pyarrow as pa
 
 from store.arrow import to_arrow
 from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError
-from store.chdb_local import ChdbStore, parse_json_compact, parse_version
+from store.chdb_local import ChdbStore, arrow_ipc, parse_json_compact, parse_version, write_input
 
 
 def address_file(path: Path) -> Path:
@@ -71,12 +73,11 @@ class _Handler(BaseHTTPRequestHandler):
                 sql = body.decode()
                 self._reply(200, store.query_json(sql))
             elif parts.path == "/run_over_input":
-                (size,) = struct.unpack_from(">I", body)
-                spec = json.loads(body[4 : 4 + size])
+                spec = json.loads(body)
                 statements = [(str(q), str(f)) for q, f in spec["statements"]]
                 sql = "; ".join(q for q, _ in statements)
                 try:
-                    outputs = store.run_over_input(body[4 + size :], statements, [str(c) for c in spec["cleanup"]])
+                    outputs = store.run_over_file(Path(spec["path"]), statements, [str(c) for c in spec["cleanup"]])
                 except QueryError as exc:
                     sql = exc.sql
                     raise
@@ -84,8 +85,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif parts.path == "/insert":
                 table = parse_qs(parts.query)["table"][0]
                 sql = f"INSERT INTO {table}"
-                block = pa.ipc.open_stream(body).read_all()
-                rows = store.insert_arrow(table, block)
+                reader = pa.ipc.open_stream(body)
+                rows = store.insert_ipc(table, reader.schema.names, body, int(parse_qs(parts.query)["rows"][0]))
                 self._reply(200, json.dumps({"rows": rows}).encode())
             else:
                 self._reply(404, b'{"error": "not found"}')
@@ -189,23 +190,22 @@ class ChdbDaemonStore:
             types = {str(r[0]): str(r[1]) for r in self.query(f"DESCRIBE TABLE {table}").rows}
             self._types[table] = types
         block = to_arrow(columns, types)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, block.schema) as writer:
-            writer.write_table(block)
-        answer = self._request("POST", f"/insert?table={table}", sink.getvalue().to_pybytes(), f"INSERT INTO {table}")
+        answer = self._request(
+            "POST", f"/insert?table={table}&rows={block.num_rows}", arrow_ipc(block), f"INSERT INTO {table}"
+        )
         return int(json.loads(answer)["rows"])
 
     def run_over_input(
         self, data: bytes, statements: Sequence[tuple[str, str]], cleanup: Sequence[str] = ()
     ) -> list[bytes]:
-        """See ``store.base.InputStore``: one request; the daemon writes ``data`` to a file and runs them."""
-        spec = json.dumps({"statements": [list(s) for s in statements], "cleanup": list(cleanup)}).encode()
-        answer = self._request(
-            "POST",
-            "/run_over_input",
-            struct.pack(">I", len(spec)) + spec + data,
-            statements[0][0] if statements else "",
-        )
+        """See ``store.base.InputStore``: ``data`` goes to a file next to the data directory, the daemon runs the
+        statements over it in one request (a failing one is named in the answer)."""
+        path = write_input(self.path, data)
+        try:
+            spec = {"path": str(path), "statements": [list(s) for s in statements], "cleanup": list(cleanup)}
+            answer = self._request("POST", "/run_over_input", json.dumps(spec).encode())
+        finally:
+            path.unlink(missing_ok=True)
         outputs, at = [], 0
         for _ in statements:
             (n,) = struct.unpack_from(">Q", answer, at)

@@ -336,6 +336,16 @@ def _process_rss(f: Features) -> list[str]:
     ]
 
 
+def _raw_gauges(f: Features) -> list[str]:
+    """The per-event values the window rows take the max of (``producer_*``, ``process_rss_max``), kept on the raw
+    rows too: the worker rebuilds window rows from ``inference_events`` after a crash (``protobuf_ingest``)."""
+    return [
+        "ALTER TABLE inference_events ADD COLUMN producer_dropped UInt64",
+        "ALTER TABLE inference_events ADD COLUMN producer_spooled UInt64",
+        "ALTER TABLE inference_events ADD COLUMN process_rss UInt64",
+    ]
+
+
 def _metrics_emitted(f: Features) -> list[str]:
     """How far the closed windows are on the metrics topic (stream_processors/window_emitter.py)."""
     return [
@@ -462,6 +472,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "anomalies, alerts, alert deliveries, detector checkpoints", _alerting_tables),
     Migration(7, "serving processes' RSS (max) per replica and window", _process_rss),
     Migration(8, "rollout transitions: canary deployed, weight changed, promoted, rolled back", _deployments),
+    Migration(9, "raw events keep the logger totals and RSS: window rows can be rebuilt from them", _raw_gauges),
 )
 
 

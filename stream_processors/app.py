@@ -16,10 +16,11 @@ unacknowledged batches, and the sink's offset bookkeeping makes redelivery harml
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,8 @@ from stream_processors.window_emitter import WindowEmitter
 
 log = logging.getLogger(__name__)
 
+_AHEAD = 2  # batches staged (raw rows stored, deltas computed) but not yet completed, at most
+
 
 @dataclass(frozen=True)
 class WorkerSettings:
@@ -47,9 +50,12 @@ class WorkerSettings:
     dead_letter_topic: str = topics.DEAD_LETTER
     window_s: int = 10
     allowed_lateness_s: int = 30
-    batch_fetches: int = 64  # partition fetches (up to ~1 MB each) taken together ...
-    batch_max_rows: int = 20_000  # ... and written to the store in inserts of at most this many rows
-    batch_within_s: float = 0.5
+    # Partition fetches (up to ~1 MB each) taken together: few enough that a backlog fills a take at once (Faust's
+    # take waits ``batch_within_s`` for a full one), ...
+    batch_fetches: int = 16
+    batch_max_rows: int = 40_000  # ... and written to the store in inserts of at most this many rows
+    batch_within_s: float = 0.5  # how long a take waits for more when traffic is light ...
+    batch_busy_within_s: float = 0.05  # ... and after a full take (a backlog): ``faust_batching.take_ready``
     retention_interval_s: float = 3600.0  # how often the group's leader drops expired partitions (no-op with TTL)
 
 
@@ -111,9 +117,21 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         for start in range(0, len(batch), settings.batch_max_rows):
             yield batch[start : start + settings.batch_max_rows]
 
-    async def report(done: tuple[BatchResult, FeedbackBatchResult]) -> None:
-        result, business = done
-        await dead_letter(result.rejected)
+    # Batches staged but not yet completed, oldest first, each with its partitions and whether its offsets must
+    # wait for the completion (a batch the Python path takes: nothing of it is stored before complete).
+    pending: collections.deque[tuple[asyncio.Future[tuple[BatchResult, FeedbackBatchResult]], set[int], bool]]
+    pending = collections.deque()
+
+    async def finish_oldest() -> None:
+        future, _, deferred = pending[0]
+        try:
+            result, business = await future
+        except BaseException:
+            await forget_pending()
+            raise
+        pending.popleft()
+        if deferred:  # (the fast path sent its rejected messages right after staging)
+            await dead_letter(result.rejected)
         totals["events"] += result.events_written
         totals["duplicates"] += result.duplicates_skipped
         totals["rejected"] += len(result.rejected)
@@ -128,44 +146,64 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
             totals,
         )
 
+    async def forget_pending(also: Iterable[int] = ()) -> None:
+        """After an error: wait until nothing runs, then drop both sinks' state of every partition in flight
+        (read back from the store, and window rows rebuilt from stored events, at their next batch)."""
+        touched = set(also)
+        while pending:
+            future, partitions, _ = pending.popleft()
+            touched |= partitions
+            await asyncio.wait([future])
+        await in_sink_thread(forget_in_sinks, sorted(touched), sorted(touched))
+
+    async def drain() -> None:
+        while pending:
+            await finish_oldest()
+
     async def write_inference(batches: Iterable[list[Any]]) -> None:
-        """Each batch through ``sink.stage`` (ingest thread) then ``complete_inference`` (sink thread), batch k's
-        completion overlapping batch k + 1's stage. Returns when all are complete (then their offsets may be
-        acknowledged); on an error, once nothing runs any more, with both sinks' state of the batches' partitions
-        dropped (read back from the store next time)."""
+        """Each batch through ``sink.stage`` (ingest thread: on the fast path, the store engine parses, stores and
+        aggregates it) then ``complete_inference`` (sink thread: window rows, the feedback join), in order. Up to
+        ``_AHEAD`` batches may wait for completion, also after this call returns and the take acknowledges their
+        offsets: their raw rows are stored, and a worker that stops before completing them rebuilds their window
+        rows from those at its next start (``InferenceSink._repair``) and the feedback join replays them
+        (``FeedbackSink``). A batch the Python path takes is completed before this returns."""
         loop = asyncio.get_running_loop()
-        previous: asyncio.Future[tuple[BatchResult, FeedbackBatchResult]] | None = None
-        touched: set[int] = set()
+        partitions: set[int] = set()
         try:
             for batch in batches:
                 partitions = {r.partition for r in batch}
-                touched |= partitions
                 if not (sink.knows(partitions) and feedback_sink.knows(partitions)):
-                    if previous is not None:  # a partition's first batch: its state is read from the store
-                        await report(await previous)
-                        previous = None
+                    await drain()  # a partition's first batch: its state is read from the store, nothing runs
                     await in_sink_thread(feedback_sink.prepare, partitions)
                 staged = await loop.run_in_executor(ingest_executor, sink.stage, batch)
-                if previous is not None:
-                    await report(await previous)
-                previous = loop.run_in_executor(executor, complete_inference, staged)
-            if previous is not None:
-                await report(await previous)
+                deferred = staged.result is None
+                if not deferred:
+                    assert staged.result is not None
+                    await dead_letter(staged.result.rejected)
+                pending.append((loop.run_in_executor(executor, complete_inference, staged), partitions, deferred))
+                partitions = set()
+                while len(pending) > _AHEAD or pending[0][0].done():
+                    await finish_oldest()
+            while any(deferred for _, _, deferred in pending):
+                await finish_oldest()
         except BaseException:
-            if previous is not None:
-                await asyncio.wait([previous])
-            await in_sink_thread(forget_in_sinks, sorted(touched), sorted(touched))
+            await forget_pending(partitions)
             raise
+
+    def takes(stream: Any) -> AsyncIterator[list[Any]]:
+        return faust_batching.take_ready(
+            stream, settings.batch_fetches, settings.batch_within_s, settings.batch_busy_within_s
+        )
 
     @app.agent(source, name="inference-sink")
     async def inference_sink(stream: AsyncIterable[Any]) -> None:
-        async for fetches in stream.take(settings.batch_fetches, within=settings.batch_within_s):  # type: ignore[attr-defined]
+        async for fetches in takes(stream):
             async with pipeline:
                 await write_inference(chunks(fetches))
 
     @app.agent(feedback, name="feedback-sink")
     async def feedback_agent(stream: AsyncIterable[Any]) -> None:
-        async for fetches in stream.take(settings.batch_fetches, within=settings.batch_within_s):  # type: ignore[attr-defined]
+        async for fetches in takes(stream):
             for batch in chunks(fetches):
                 result = await in_sink_thread(lambda b=batch: feedback_sink.write_batch(feedback=b))
                 await dead_letter(result.rejected)
@@ -215,6 +253,7 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         either = sorted({tp.partition for tp in tps if tp.topic in (settings.source_topic, settings.feedback_topic)})
         if either:
             async with pipeline:
+                await drain()
                 await in_sink_thread(forget_in_sinks, inference, either)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -27,13 +27,14 @@ test that checks committed offsets.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ConsumerMessage
 
-__all__ = ["BatchMessage", "BatchTopic", "BatchingConsumer", "BatchingTransport", "install"]
+__all__ = ["BatchMessage", "BatchTopic", "BatchingConsumer", "BatchingTransport", "install", "take_ready"]
 
 
 class BatchMessage(ConsumerMessage):
@@ -177,3 +178,72 @@ def install(app: Any) -> None:
 def batch_topic(app: Any, *topics: str, **kwargs: Any) -> Any:
     """``app.topic(...)`` for a batched topic."""
     return BatchTopic(app, topics=topics, value_serializer="raw", key_serializer="raw", **kwargs)
+
+
+async def take_ready(stream: Any, max_: int, within: float, busy_within: float) -> AsyncIterator[list[Any]]:
+    """``Stream.take(max_, within)`` that does not wait out ``within`` after a full take.
+
+    Faust's take waits until ``max_`` values are buffered or ``within`` seconds have passed since the previous
+    take was consumed. When a backlog ends, the last take therefore always waits the whole ``within`` (measured:
+    0.5 s of a 5 s run of the pipeline benchmark) for values that are not coming. Here the wait is ``within`` only
+    after a take that was not full (traffic is light: batch it up, the store's fixed cost per batch stays
+    small) and ``busy_within`` after a full one (a backlog: take what has arrived and go on). Acknowledges the
+    events of a take after the caller has processed it, as Faust's take does; the code follows faust-streaming
+    0.15.3's ``Stream.take`` (its buffer processor and passive drain), changing only the timeout.
+    """
+    buffer: list[Any] = []
+    events: list[Any] = []
+    buffer_full = asyncio.Event()
+    buffer_consumed = asyncio.Event()
+    buffer_consuming: asyncio.Future[None] | None = None
+    enable_acks = stream.enable_acks
+    channel_it = stream.channel.__aiter__()
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal buffer_consuming
+        try:
+            if buffer_consuming is not None:
+                try:
+                    await buffer_consuming
+                finally:
+                    buffer_consuming = None
+            buffer.append(value)
+            event = stream.current_event
+            if event is None:
+                raise RuntimeError("take buffer found current_event is None")
+            events.append(event)
+            if len(buffer) >= max_:
+                buffer_full.set()
+                buffer_consumed.clear()
+                await stream.wait(buffer_consumed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            stream.log.exception("Error adding to take buffer: %r", exc)
+            await stream.crash(exc)
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(channel_it)
+    timeout = within
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(buffer_full, timeout=timeout)
+            if buffer:
+                timeout = busy_within if len(buffer) >= max_ else within
+                buffer_consuming = stream.loop.create_future()
+                try:
+                    yield list(buffer)
+                finally:
+                    buffer.clear()
+                    for event in events:
+                        await stream.ack(event)
+                    events.clear()
+                    if buffer_consuming is not None and not buffer_consuming.done():
+                        buffer_consuming.set_result(None)
+                    buffer_full.clear()
+                    buffer_consumed.set()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)

@@ -354,6 +354,8 @@ class FeedbackSink:
         part.inference_hw = max(int(hw_i) if n_i else -1, cut_w.inference)
         part.feedback_hw = max(int(hw_f) if n_f else -1, cut_w.feedback)
         part.written = cut_u.progress
+        if not n_i and not n_f and cut_w == _Cut() and cut_u == _Cut():
+            return part  # a partition the store has nothing of (a new topic): nothing to replay
         latest_us = int(latest_us) if n_i else 0
         start = part.inference_hw + 1
         if latest_us > 0:

@@ -205,12 +205,14 @@ class InferenceSink:
         self.allowed_lateness_s = allowed_lateness_s
         self._input: InputStore | None = store if fast_path is not False and isinstance(store, InputStore) else None
         self.parse_fallbacks = 0  # batches the engine could not parse, decoded in Python instead
+        self.repaired = 0  # stored events folded into window rows at a restart (``_repair``)
         self.state_horizon_s = state_horizon_s
         self._high_water: dict[int, int] = {}  # partition -> highest offset stored in inference_events
         self._windows: dict[WindowKey, WindowState] = {}
         self._watermark = Watermark(WindowSpec(window_s, allowed_lateness_s=allowed_lateness_s))
         self._progress: dict[int, int] = {}  # partition -> highest offset folded into window rows
         self._max_event_us: dict[int, int] = {}  # partition -> latest event time folded in (restores the watermark)
+        self._newest_start: dict[int, int] = {}  # partition -> no stored window row of it starts later
 
     def forget_partitions(self, partitions: Iterable[int]) -> None:
         """Drop cached state of partitions this worker lost (or just got): another worker may have written."""
@@ -218,6 +220,7 @@ class InferenceSink:
         for p in lost:
             self._high_water.pop(p, None)
             self._progress.pop(p, None)
+            self._newest_start.pop(p, None)
             self._max_event_us.pop(p, None)
             self._watermark.forget(p)
         for key in [k for k in self._windows if k[5] in lost]:
@@ -278,6 +281,9 @@ class InferenceSink:
         try:
             high_water = {p: self._high_water_of(p) for p in partitions}
             self._restore_progress(partitions)
+            behind = {p: (self._progress[p], high_water[p]) for p in partitions if high_water[p] > self._progress[p]}
+            if behind:
+                self._repair(behind)
             framed = [m for m in messages if m.value]
             if len(framed) < len(messages):
                 for m in messages:
@@ -318,6 +324,30 @@ class InferenceSink:
         staged = Staged(messages, result, out.deltas)
         staged.max_event_us = {p: self._max_event_us[p] for p in out.folded}
         return staged
+
+    def _repair(self, behind: dict[int, tuple[int, int]]) -> None:
+        """Fold stored raw rows that no window row counts yet (offsets in ``(progress, high-water]``) into the
+        window rows. A worker that stopped between storing a batch and writing its window rows left them, and may
+        have acknowledged their offsets already: Kafka will not redeliver them (see the worker's pipeline)."""
+        from stream_processors.protobuf_ingest import rebuild_deltas
+
+        deltas, folded = rebuild_deltas(
+            self.store,
+            behind,
+            max_event_us={p: self._max_event_us.get(p, 0) for p in behind},
+            window_s=self.window_s,
+            allowed_lateness_s=self.allowed_lateness_s,
+        )
+        for p, (event_us, _) in folded.items():
+            if event_us > self._max_event_us.get(p, -1):
+                self._max_event_us[p] = event_us
+        n = self._merge_deltas(deltas, {p: self._max_event_us[p] for p in folded})
+        for p, (_, stored) in behind.items():
+            self._progress[p] = stored
+            if p in self._max_event_us:
+                self._watermark.restore(p, self._max_event_us[p])
+        self.repaired += sum(s.requests + s.late_events for s in deltas.values())
+        log.warning("window rows rebuilt from stored events of partitions %s: %d windows", sorted(behind), n)
 
     def _merge_deltas(self, deltas: dict[WindowKey, WindowState], max_event_us: dict[int, int]) -> int:
         """Add the batch's per-window deltas to the cumulative rows and write those (with each partition's latest
@@ -427,20 +457,35 @@ class InferenceSink:
         if not missing:
             return
         rows = self.store.query(
-            "SELECT kafka_partition, max(last_offset), argMax(max_event_us, last_offset) "
+            "SELECT kafka_partition, max(last_offset), argMax(max_event_us, last_offset), max(toUInt32(window_start)) "
             "FROM inference_metrics_10s_parts "
             f"WHERE kafka_partition IN ({', '.join(str(p) for p in missing)}) GROUP BY kafka_partition"
         ).rows
-        stored = {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+        stored = {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
         for p in missing:
-            offset, max_event_us = stored.get(p, (-1, 0))
+            offset, max_event_us, newest = stored.get(p, (-1, 0, -1))
             self._progress[p] = offset
+            self._newest_start[p] = newest
             if offset >= 0 and max_event_us > 0:
                 self._max_event_us[p] = max_event_us
                 self._watermark.restore(p, max_event_us)
 
     def _load_windows(self, keys: set[WindowKey]) -> None:
-        missing = [k for k in keys if k not in self._windows]
+        """Put the stored rows of these keys (or empty states) in the cache. A window newer than any the
+        partition's rows hold (read at restore, then those this sink wrote) cannot be stored: no query for it."""
+        newest = self._newest_start
+        missing = []
+        for k in keys:
+            if k in self._windows:
+                continue
+            p = k[5]
+            if p in newest and k[0] > newest[p]:
+                self._windows[k] = WindowState()
+            else:
+                missing.append(k)
+        for k in keys:
+            if k[5] in newest and k[0] > newest[k[5]]:
+                newest[k[5]] = k[0]  # (a failed insert leaves it high: the next load of it only queries)
         if not missing:
             return
         starts = ", ".join(str(s) for s in sorted({k[0] for k in missing}))
@@ -511,6 +556,9 @@ def _event_columns(fresh: Sequence[tuple[Record, InferenceEvent]]) -> dict[str, 
         [list(ev.item_ids) for ev in evs],
         [msg.partition for msg, _ in fresh],
         [msg.offset for msg, _ in fresh],
+        [ev.producer.dropped for ev in evs],
+        [ev.producer.spooled for ev in evs],
+        [ev.process_rss_bytes for ev in evs],
     )
     return dict(zip(_EVENT_COLUMNS, columns, strict=True))
 
@@ -547,6 +595,9 @@ _EVENT_COLUMNS = (
     "item_ids",
     "kafka_partition",
     "kafka_offset",
+    "producer_dropped",
+    "producer_spooled",
+    "process_rss",
 )
 
 
