@@ -66,6 +66,7 @@ from __future__ import annotations
 import heapq
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -141,21 +142,20 @@ _BIT_FIELDS: Final[dict[int, tuple[str, str]]] = {
 class _Prediction:
     __slots__ = ("actions", "event_id", "items", "received_us", "seen", "shown", "window")
 
-    def __init__(self, event_id: str, received_us: int, window: BusinessWindow, items: tuple[str, ...] | str) -> None:
+    def __init__(self, event_id: str, received_us: int, window: BusinessWindow, items: tuple[str, ...] | None) -> None:
         self.event_id = event_id
         self.received_us = received_us
         self.window = window
-        self.items = items  # a NUL-joined str until first needed (see ranked())
+        self.items = items  # None until resolved (see Attribution.unresolved)
         self.shown: set[str] | None = None  # None: every ranked item counts as shown
         self.actions: dict[str, int] | None = None  # item -> bits of attributed behaviours
         self.seen: set[str] | None = None  # feedback event ids
 
     def ranked(self) -> tuple[str, ...]:
-        """The distinct ranked items (popular items are candidates of many requests: one interned copy)."""
-        items = self.items
-        if isinstance(items, str):
-            items = self.items = tuple(dict.fromkeys(map(sys.intern, items.split("\0"))))
-        return items
+        """The distinct ranked items."""
+        if self.items is None:
+            raise RuntimeError("the prediction's items were never resolved (Attribution.unresolved/resolve)")
+        return self.items
 
 
 class _Pending:
@@ -234,12 +234,13 @@ class Attribution:
         version: int,
         label: str,
         status_code: int,
-        items: tuple[str, ...] | str,
+        items: tuple[str, ...] | None,
         n_items: int,
     ) -> None:
-        """:meth:`add_prediction` from the fields it reads: ``items`` are the ranked items, as a tuple of distinct
-        ones or NUL-joined (split and deduplicated only when feedback for the request arrives, which most
-        predictions never get: the ingest fast path hands them over like that); ``n_items`` distinct ones."""
+        """:meth:`add_prediction` from the fields it reads: ``items``, the distinct ranked items (``n_items`` of
+        them), may be None when no feedback for the request is pending: the caller then resolves them
+        (:meth:`unresolved`, :meth:`resolve`) before feeding feedback for it, which most predictions never get. The
+        ingest fast path does that: the items stay in the store until needed."""
         if received <= 0 or not request_id or not model:
             self.skipped_predictions["invalid"] += 1
             return
@@ -257,10 +258,13 @@ class Attribution:
             self._add(request_id, event_id, received, model, version, label, items, n_items)
         self._advance()
 
-    def add_predictions(self, columns: PredictionColumns, start: int, end: int) -> None:
-        """:meth:`add_predicted` for rows ``start:end`` of the ingest fast path's columns."""
-        c, add = columns, self.add_predicted
-        for args in zip(
+    def add_predictions(
+        self, columns: PredictionColumns, start: int, end: int, items: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
+        """:meth:`add_predicted` for rows ``start:end`` of the ingest fast path's columns; ``items`` must hold the
+        items of every request among them with pending feedback (:meth:`pending_requests`)."""
+        c, add, known = columns, self.add_predicted, items or {}
+        for request_id, event_id, received, model, version, label, status, n_items in zip(
             c.request_id[start:end],
             c.event_id[start:end],
             c.received_us[start:end],
@@ -268,11 +272,31 @@ class Attribution:
             c.version[start:end],
             c.label[start:end],
             c.status_code[start:end],
-            c.items[start:end],
             c.n_items[start:end],
             strict=True,
         ):
-            add(*args)
+            add(request_id, event_id, received, model, version, label, status, known.get(request_id), n_items)
+
+    def pending_requests(self) -> set[str]:
+        """Request ids with feedback waiting for their prediction (its items are needed when it arrives)."""
+        return set(self._pending)
+
+    def unresolved(self, request_ids: Iterable[str]) -> list[tuple[str, str, int, str, int]]:
+        """``(request_id, model, version, event_id, received_us)`` of the live predictions among ``request_ids``
+        whose items are not known yet (see :meth:`add_predicted`)."""
+        out = []
+        for rid in set(request_ids):
+            p = self._predictions.get(rid)
+            if p is not None and p.items is None:
+                w = p.window
+                out.append((rid, w.model, w.version, p.event_id, p.received_us))
+        return out
+
+    def resolve(self, request_id: str, items: Iterable[str]) -> None:
+        """Set a prediction's ranked items (from the store: ``()`` if it no longer has them)."""
+        p = self._predictions.get(request_id)
+        if p is not None and p.items is None:
+            p.items = tuple(dict.fromkeys(map(sys.intern, items)))
 
     def _add(
         self,
@@ -282,7 +306,7 @@ class Attribution:
         model: str,
         version: int,
         label: str,
-        items: tuple[str, ...] | str,
+        items: tuple[str, ...] | None,
         n_items: int,
     ) -> None:
         start = received // 1_000_000 // self.window_s * self.window_s
@@ -423,7 +447,7 @@ class Attribution:
                     p.event_id,
                     p.received_us,
                     list(p.window.key),
-                    list(p.ranked()),
+                    None if p.items is None else list(p.items),
                     None if p.shown is None else sorted(p.shown),
                     p.actions,
                     None if p.seen is None else sorted(p.seen),
@@ -456,7 +480,7 @@ class Attribution:
         for rid, event_id, received, key, items, shown, actions, seen in state["predictions"]:
             start, model, version, label = key
             window = self._windows[(start, model, version, label)]
-            p = _Prediction(event_id, received, window, tuple(items))
+            p = _Prediction(event_id, received, window, None if items is None else tuple(items))
             p.shown = None if shown is None else set(shown)
             p.actions = actions
             p.seen = None if seen is None else set(seen)

@@ -43,8 +43,6 @@ def decode_inference(value: bytes | None, now_us: int | None = None) -> Inferenc
         return "missing_event_id"
     if not event.model:
         return "missing_model"
-    if "\0" in "".join(event.item_ids):  # the ingest fast path hands items on NUL-joined (attribution.py)
-        return "item_id_has_nul"
     return _implausible_time("received_us", event.received_us, now_us) or event
 
 

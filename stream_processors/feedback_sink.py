@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from schemas import FeedbackEvent, InferenceEvent, topics
 from store.base import Store, StoreError
+from store.sql import string_literal
 from stream_processors.attribution import Attribution, BusinessWindow
 from stream_processors.decode import Rejected, decode_feedback, decode_inference
 from stream_processors.inference_sink import Record
@@ -107,6 +108,19 @@ class _Cut(NamedTuple):
     @property
     def progress(self) -> int:
         return self.inference + 1 + self.feedback + 1
+
+
+class _Known(NamedTuple):
+    """What the store holds of one partition when its state is rebuilt (``FeedbackSink._known``)."""
+
+    inference_rows: int
+    inference_hw: int
+    latest_prediction_us: int
+    feedback_rows: int
+    feedback_hw: int
+    cut_windows: _Cut
+    cut_unattributed: _Cut
+    minute: int
 
 
 class _Partition:
@@ -177,8 +191,10 @@ class FeedbackSink:
         """Rebuild the state of partitions not seen yet, *before* their next inference batch is stored: the batch's
         predictions then come in as new (cheap, from the ingest fast path) instead of being replayed from the store
         as part of the rebuild (~20 µs per prediction)."""
-        for p in partitions:
-            self._partition(p)
+        missing = sorted(p for p in set(partitions) if p not in self._partitions)
+        if missing:
+            for p, known in self._known(missing).items():
+                self._partitions[p] = self._rebuild(p, known)
 
     def write_batch(
         self,
@@ -265,8 +281,15 @@ class FeedbackSink:
                 a.add_prediction(ev)
             start, end = slices.get(p, (0, 0))
             if fast is not None and end > start:
-                a.add_predictions(fast, start, end)
+                a.add_predictions(fast, start, end, self._pending_items(a, fast, start, end))
             fbs = by_partition.get(p, ())
+            unresolved = a.unresolved(fb.request_id for fb in fbs)
+            if unresolved:  # predictions from the ingest fast path: their items are in the store
+                found = self._items(
+                    [(model, version, event_id, received) for _, model, version, event_id, received in unresolved]
+                )
+                for request_id, _, _, event_id, _ in unresolved:
+                    a.resolve(request_id, found.get(event_id, ()))
             flags = held[p] = []
             for fb in fbs:
                 before = a.pending_feedback
@@ -339,17 +362,11 @@ class FeedbackSink:
             part = self._partitions[p] = self._rebuild(p)
         return part
 
-    def _rebuild(self, p: int) -> _Partition:
+    def _rebuild(self, p: int, known: _Known | None = None) -> _Partition:
         """The partition's state from the store (see "Restart" in the module docstring)."""
         part = _Partition(Attribution(**self._params))
         q = self.store.query
-        n_i, hw_i, latest_us = q(
-            "SELECT count(), max(kafka_offset), maxIf(received_us, request_id != '') "
-            f"FROM inference_events WHERE kafka_partition = {p}"
-        ).rows[0]
-        n_f, hw_f = q(f"SELECT count(), max(kafka_offset) FROM feedback_events WHERE kafka_partition = {p}").rows[0]
-        cut_w, _ = self._cut("business_metrics_1m_parts", p)
-        cut_u, minute = self._cut("feedback_unattributed_parts", p)
+        n_i, hw_i, latest_us, n_f, hw_f, cut_w, cut_u, minute = known or self._known([p])[p]
         cut_w = max(cut_w, cut_u, key=lambda c: c.progress)  # later batches changed no window
         part.inference_hw = max(int(hw_i) if n_i else -1, cut_w.inference)
         part.feedback_hw = max(int(hw_f) if n_f else -1, cut_w.feedback)
@@ -408,13 +425,70 @@ class FeedbackSink:
         self._replay(p, part, _recorded_order(preds, fbs), cut_w, cut_u, minute)
         return part
 
-    def _cut(self, table: str, p: int) -> tuple[_Cut, int]:
-        n, i, f, minute = self.store.query(
-            "SELECT count(), argMax(last_inference_offset, progress), argMax(last_feedback_offset, progress), "
-            f"argMax(toUInt32({'minute' if table == 'feedback_unattributed_parts' else 'window_start'}), progress) "
-            f"FROM {table} WHERE kafka_partition = {p}"
-        ).rows[0]
-        return (_Cut(int(i), int(f)), int(minute)) if n else (_Cut(), 0)
+    def _pending_items(
+        self, a: Attribution, fast: PredictionColumns, start: int, end: int
+    ) -> dict[str, tuple[str, ...]] | None:
+        """The items of the batch's predictions whose feedback came first (it is attributed when they arrive)."""
+        pending = a.pending_requests()
+        if not pending:
+            return None
+        rows = [i for i in range(start, end) if fast.request_id[i] in pending]
+        if not rows:
+            return None
+        found = self._items([(fast.model[i], fast.version[i], fast.event_id[i], fast.received_us[i]) for i in rows])
+        return {fast.request_id[i]: found.get(fast.event_id[i], ()) for i in rows}
+
+    def _items(self, keys: Sequence[tuple[str, int, str, int]]) -> dict[str, tuple[str, ...]]:
+        """``event_id -> item_ids`` of stored predictions, looked up by ``(model, version, event_id, received_us)``
+        through the table's sort key (model, version, event_time, event_id): a few granules each."""
+        found: dict[str, tuple[str, ...]] = {}
+        for at in range(0, len(keys), 1000):
+            tuples = ", ".join(
+                f"({string_literal(m)}, {int(v)}, toDateTime({int(t) // 1_000_000}), {string_literal(e)})"
+                for m, v, e, t in keys[at : at + 1000]
+            )
+            rows = self.store.query(
+                "SELECT event_id, any(item_ids) FROM inference_events "
+                f"WHERE (model, version, event_time, event_id) IN ({tuples}) GROUP BY event_id"
+            ).rows
+            found.update((str(e), tuple(dict.fromkeys(map(str, ids)))) for e, ids in rows)
+        return found
+
+    def _known(self, partitions: Sequence[int]) -> dict[int, _Known]:
+        """What the store holds of each partition, in four queries whatever their number: the raw tables' row
+        counts, highest offsets and latest prediction time, and each aggregate table's cut point."""
+        q = self.store.query
+        where = f"kafka_partition IN ({', '.join(str(int(p)) for p in partitions)}) GROUP BY kafka_partition"
+        raw_i = {
+            int(r[0]): (int(r[1]), int(r[2]), int(r[3]))
+            for r in q(
+                "SELECT kafka_partition, count(), max(kafka_offset), maxIf(received_us, request_id != '') "
+                f"FROM inference_events WHERE {where}"
+            ).rows
+        }
+        raw_f = {
+            int(r[0]): (int(r[1]), int(r[2]))
+            for r in q(f"SELECT kafka_partition, count(), max(kafka_offset) FROM feedback_events WHERE {where}").rows
+        }
+        cuts: list[dict[int, tuple[_Cut, int]]] = []
+        for table, time_column in (
+            ("business_metrics_1m_parts", "window_start"),
+            ("feedback_unattributed_parts", "minute"),
+        ):
+            rows = q(
+                "SELECT kafka_partition, argMax(last_inference_offset, progress), "
+                f"argMax(last_feedback_offset, progress), argMax(toUInt32({time_column}), progress) "
+                f"FROM {table} WHERE {where}"
+            ).rows
+            cuts.append({int(r[0]): (_Cut(int(r[1]), int(r[2])), int(r[3])) for r in rows})
+        known: dict[int, _Known] = {}
+        for p in partitions:
+            n_i, hw_i, latest_us = raw_i.get(p, (0, -1, 0))
+            n_f, hw_f = raw_f.get(p, (0, -1))
+            cut_w, _ = cuts[0].get(p, (_Cut(), 0))
+            cut_u, minute = cuts[1].get(p, (_Cut(), 0))
+            known[p] = _Known(n_i, hw_i, latest_us, n_f, hw_f, cut_w, cut_u, minute)
+        return known
 
     def _replay(
         self,

@@ -279,7 +279,7 @@ class InferenceSink:
         result = BatchResult()
         partitions = {m.partition for m in messages}
         try:
-            high_water = {p: self._high_water_of(p) for p in partitions}
+            high_water = self._high_waters(partitions)
             self._restore_progress(partitions)
             behind = {p: (self._progress[p], high_water[p]) for p in partitions if high_water[p] > self._progress[p]}
             if behind:
@@ -370,7 +370,7 @@ class InferenceSink:
         result = BatchResult()
         decoded_events: list[tuple[Record, InferenceEvent]] = []
         new_events: list[tuple[Record, InferenceEvent]] = []
-        high_water = {p: self._high_water_of(p) for p in {m.partition for m in messages}}
+        high_water = self._high_waters({m.partition for m in messages})
         for msg in messages:
             seen = msg.offset <= high_water[msg.partition]
             decoded = decode_inference(msg.value)
@@ -394,15 +394,18 @@ class InferenceSink:
         result.decoded = decoded_events
         return result
 
-    def _high_water_of(self, partition: int) -> int:
-        high = self._high_water.get(partition)
-        if high is None:
-            row = self.store.query(
-                f"SELECT count(), max(kafka_offset) FROM inference_events WHERE kafka_partition = {int(partition)}"
-            ).rows[0]
-            high = int(row[1]) if row[0] else -1
-            self._high_water[partition] = high
-        return high
+    def _high_waters(self, partitions: set[int]) -> dict[int, int]:
+        """The highest offset stored in ``inference_events`` per partition (read once per partition, together)."""
+        missing = sorted(p for p in partitions if p not in self._high_water)
+        if missing:
+            rows = self.store.query(
+                "SELECT kafka_partition, max(kafka_offset) FROM inference_events "
+                f"WHERE kafka_partition IN ({', '.join(str(p) for p in missing)}) GROUP BY kafka_partition"
+            ).rows
+            stored = {int(r[0]): int(r[1]) for r in rows}
+            for p in missing:
+                self._high_water[p] = stored.get(p, -1)
+        return {p: self._high_water[p] for p in partitions}
 
     def _aggregate(self, fresh: list[tuple[Record, InferenceEvent]]) -> int:
         """Fold events into their windows; an event whose window the partition's watermark already closed

@@ -119,7 +119,6 @@ def _staging_select(now_us: int) -> str:
         f"multiIf(NOT ({_STRINGS_VALID}), 'undecodable', "
         f"{e}.event_id = '', 'missing_event_id', "
         f"{e}.model = '', 'missing_model', "
-        f"position(arrayStringConcat({e}.item_ids), '\\0') > 0, 'item_id_has_nul', "
         f"{e}.received_us <= 0, 'missing_received_us', "
         f"{e}.received_us < {EARLIEST_US}, 'received_us_too_old', "
         f"{e}.received_us > {now_us + MAX_FUTURE_US}, 'received_us_in_future', '')"
@@ -267,8 +266,7 @@ class PredictionColumns:
     version: list[int] = field(default_factory=list)
     label: list[str] = field(default_factory=list)
     status_code: list[int] = field(default_factory=list)
-    n_items: list[int] = field(default_factory=list)
-    items: list[str] = field(default_factory=list)  # the item ids, NUL-joined (``n_items`` distinct ones)
+    n_items: list[int] = field(default_factory=list)  # distinct item ids (the ids stay in the store until needed)
 
     def __len__(self) -> int:
         return len(self.offset)
@@ -276,7 +274,7 @@ class PredictionColumns:
 
 _PREDICTION_SELECT: Final = (
     "kafka_partition, kafka_offset, event.request_id, event.event_id, event.received_us, event.model, "
-    "event.version, event.label, event.status_code, arrayUniq(event.item_ids), arrayStringConcat(event.item_ids, '\\0')"
+    "event.version, event.label, event.status_code, arrayUniq(event.item_ids)"
 )
 
 
