@@ -7,10 +7,23 @@ Agents: ``inference-sink`` (``InferenceSink``, then the predictions into ``Feedb
 
 Built by ``create_app(settings, store)``; there is no module-level app. Events arrive in batches: the agent
 gets one Faust event per partition per fetch (``stream_processors.faust_batching``: stock Faust spends ~60 µs
-of CPU per record on its per-message path, this ~3 µs), merges up to ``batch_fetches`` of them and writes
-them to the store in a worker thread before their offsets are acknowledged, so a crash redelivers at most the
-unacknowledged batches, and the sink's offset bookkeeping makes redelivery harmless (see
-``stream_processors.inference_sink``).
+of CPU per record on its per-message path, this ~3 µs) and takes up to ``batch_fetches`` of them at once
+(``take_ready``: without waiting out ``batch_within_s`` when a backlog is being read).
+
+A batch goes through two halves (``InferenceSink.stage`` / ``complete``) in two threads, so that the store engine
+works on batch k + 1 while Python completes batch k:
+
+- **stage** (ingest thread): on chDB, the engine parses the message bytes, stores the raw rows and computes the
+  batch's window deltas (``stream_processors.protobuf_ingest``); rejected messages go to the dead-letter topic;
+- **complete** (sink thread): the deltas become the cumulative window rows, the predictions go into the feedback
+  join (``FeedbackSink``), both written to the store.
+
+On chDB the take's offsets are acknowledged once its batches are staged (their raw rows are stored) and at most
+``_AHEAD`` batches wait for completion; a worker that stops before completing them rebuilds their window rows from
+the stored raw rows when it next gets the partition (``InferenceSink._repair``), and the feedback join replays
+them. On ClickHouse 18.16 (no ``FORMAT Protobuf``) stage does nothing and every batch is completed, all in
+Python, before its offsets are acknowledged. Either way the sinks' offset bookkeeping makes redelivery harmless
+(see ``stream_processors.inference_sink``).
 """
 
 from __future__ import annotations
