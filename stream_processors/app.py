@@ -7,8 +7,8 @@ Agents: ``inference-sink`` (``InferenceSink``, then the predictions into ``Feedb
 
 Built by ``create_app(settings, store)``; there is no module-level app. Events arrive in batches: the agent
 gets one Faust event per partition per fetch (``stream_processors.faust_batching``: stock Faust spends ~60 µs
-of CPU per record on its per-message path, this ~3 µs) and takes up to ``batch_fetches`` of them at once
-(``take_ready``: without waiting out ``batch_within_s`` when a backlog is being read).
+of CPU per record on its per-message path, this ~3 µs) and takes them up to ``batch_max_records`` records at
+once (``take_ready``: without waiting out ``batch_within_s`` when a backlog is being read).
 
 A batch goes through two halves (``InferenceSink.stage`` / ``complete``) in two threads, so that the store engine
 works on batch k + 1 while Python completes batch k:
@@ -63,9 +63,8 @@ class WorkerSettings:
     dead_letter_topic: str = topics.DEAD_LETTER
     window_s: int = 10
     allowed_lateness_s: int = 30
-    # Partition fetches (up to ~1 MB each) taken together: few enough that a backlog fills a take at once (Faust's
-    # take waits ``batch_within_s`` for a full one), ...
-    batch_fetches: int = 16
+    # Records taken together (whole partition fetches: a take may go over by one fetch) ...
+    batch_max_records: int = 40_000
     batch_max_rows: int = 40_000  # ... and written to the store in inserts of at most this many rows
     batch_within_s: float = 0.5  # how long a take waits for more when traffic is light ...
     batch_busy_within_s: float = 0.05  # ... and after a full take (a backlog): ``faust_batching.take_ready``
@@ -205,7 +204,7 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
 
     def takes(stream: Any) -> AsyncIterator[list[Any]]:
         return faust_batching.take_ready(
-            stream, settings.batch_fetches, settings.batch_within_s, settings.batch_busy_within_s
+            stream, settings.batch_max_records, settings.batch_within_s, settings.batch_busy_within_s
         )
 
     @app.agent(source, name="inference-sink")
