@@ -40,9 +40,10 @@ State bounds: a prediction is kept while ``watermark - received_us <= attributio
 (a prediction arriving later than that is skipped as ``late``), so the state holds about
 ``prediction rate x (attribution_window_s + allowed_lateness_s)`` predictions of 0.7-2.6 KB each with 32
 candidates (measured; item ids are interned, so an item ranked for many requests is stored once): 35 minutes at
-100 predictions/s is 210,000 predictions, 150-550 MB per partition. Add at most ``max_pending`` pending feedback
-events and the windows of the same span. Feedback ``event_id`` dedup lasts as long as the prediction (or the
-pending entry) it belongs to.
+100 predictions/s is 210,000 predictions, 150-550 MB per partition; less on the ingest fast path, where a
+prediction holds no item ids until feedback for it comes (:meth:`Attribution.add_predicted`). Add at most
+``max_pending`` pending feedback events and the windows of the same span. Feedback ``event_id`` dedup lasts as
+long as the prediction (or the pending entry) it belongs to.
 
 Persistence: :meth:`Attribution.snapshot` is a JSON-able dict; store it with the consumed offsets of both topics
 and :meth:`Attribution.restore` it after a restart, then replay from those offsets. Rows from :meth:`take_dirty`
