@@ -563,10 +563,10 @@ def _event_columns(fresh: Sequence[tuple[Record, InferenceEvent]]) -> dict[str, 
         [ev.producer.spooled for ev in evs],
         [ev.process_rss_bytes for ev in evs],
     )
-    return dict(zip(_EVENT_COLUMNS, columns, strict=True))
+    return dict(zip(EVENT_COLUMNS, columns, strict=True))
 
 
-_EVENT_COLUMNS = (
+EVENT_COLUMNS = (
     "received_us",
     "sent_us",
     "event_id",

@@ -40,7 +40,7 @@ import pyarrow as pa
 import schemas
 from store.base import InputStore, QueryError, Store
 from stream_processors.decode import EARLIEST_US, MAX_FUTURE_US
-from stream_processors.inference_sink import SCORE_BINS, Record, WindowKey, WindowState
+from stream_processors.inference_sink import EVENT_COLUMNS, SCORE_BINS, Record, WindowKey, WindowState
 from stream_processors.sketch import GAMMA, LatencySketch
 
 _LOG_GAMMA: Final = math.log(GAMMA)
@@ -58,43 +58,7 @@ _STRUCTURE: Final = (
     "process_rss_bytes UInt64)"
 )
 
-# inference_events columns, as the staging table names them
-RAW_COLUMNS: Final = (
-    "received_us",
-    "sent_us",
-    "event_id",
-    "request_id",
-    "model",
-    "version",
-    "label",
-    "replica",
-    "api",
-    "signature",
-    "status_code",
-    "error",
-    "queue_us",
-    "batch_us",
-    "compute_us",
-    "total_us",
-    "batch_size",
-    "cache_hit",
-    "rows",
-    "input_names",
-    "input_shapes",
-    "output_name",
-    "score_count",
-    "score_mean",
-    "score_min",
-    "score_max",
-    "scores",
-    "user_id",
-    "item_ids",
-    "kafka_partition",
-    "kafka_offset",
-    "producer_dropped",
-    "producer_spooled",
-    "process_rss",
-)
+RAW_COLUMNS: Final = EVENT_COLUMNS  # inference_events columns, as the Python path writes them
 
 _STRINGS_VALID: Final = " AND ".join(
     [
@@ -204,25 +168,9 @@ _DELTA_COLUMNS: Final = (
 )
 # ... as the aggregates read them: the scores as Float64 (as Python adds them) and their histogram bins
 _DELTA_INPUTS: Final = (
-    "received_us",
-    "model",
-    "version",
-    "label",
-    "replica",
-    "kafka_partition",
-    "kafka_offset",
-    "status_code",
-    "total_us",
-    "queue_us",
-    "compute_us",
-    "batch_size",
-    "rows",
-    "cache_hit",
+    *(c for c in _DELTA_COLUMNS if c != "scores"),
     "CAST(scores, 'Array(Float64)') AS s",
     f"arrayMap(x -> {score_bin_sql('x')}, s) AS bins",
-    "producer_dropped",
-    "producer_spooled",
-    "process_rss",
 )
 
 # One delta row per window key; columns in this order (``_delta_state``).
