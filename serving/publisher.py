@@ -49,6 +49,9 @@ class InMemoryPublisher:
             return list(self._events)
 
     def clear(self) -> None:
+        """Forget the events published so far, including those of every request answered already: a request
+        answered just before must not publish into the list after it was cleared."""
+        wait_idle()
         with self._lock:
             self._events.clear()
 
