@@ -11,6 +11,13 @@ that harmless by storing the offsets with the data:
 
 Each batch is one insert per table, so a crash leaves every row either fully written or absent. State for
 keys the worker has not seen since it started (or since it got the partition) is read back from the store.
+
+Two paths, the same rows (``tests/unit/test_protobuf_ingest.py``): on a store that can parse Protobuf itself
+(chDB: ``store.base.InputStore``) ``stage`` hands the message bytes to the engine, which stores the raw rows
+and returns each window's delta (``stream_processors.protobuf_ingest``), and ``complete`` adds the deltas to the
+cumulative rows; elsewhere (ClickHouse 18.16), or for a batch the engine cannot parse, ``complete`` decodes,
+stores and folds the batch in Python. On the fast path a partition whose raw rows go further than its window
+rows when the sink first sees it has the difference folded in from the table (``_repair``).
 Partitions are identified within one topic; recreating a topic under the same name resets its offsets and
 needs a fresh database (documented in docs/tables.md).
 """
