@@ -30,6 +30,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,7 +75,9 @@ def build_parser(prog: str = "recwatch bench pipeline") -> argparse.ArgumentPars
     parser.add_argument("--poll-interval", type=float, default=0.1, help="store poll interval, s (default 0.1)")
     parser.add_argument("--profile", type=Path, help="py-spy raw (collapsed) profile of the worker to this file")
     parser.add_argument("--max-minutes", type=float, default=8.0, help="stop measuring after this (default 8)")
-    parser.add_argument("--workdir", type=Path, help="logs, Kafka and store data (default: a new temporary dir)")
+    parser.add_argument(
+        "--workdir", type=Path, help="logs, Kafka and store data (default: a temporary dir, removed after a good run)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--save", type=Path, help="also write the JSON object to this file")
     return parser
@@ -135,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if args.workdir is None:  # Kafka's log and the store: ~570 MB a run (the logs are kept when a run fails)
+        shutil.rmtree(workdir, ignore_errors=True)
     document = as_json(result, args)
     if args.save:
         args.save.write_text(json.dumps(document, indent=2) + "\n")
