@@ -7,7 +7,6 @@ through ``<data dir>.daemon.json`` and talks to it with ``ChdbDaemonStore``. Pro
 - ``GET  /ping``                      -> ``{"version": "26.9.2.1", "database": "recwatch"}``
 - ``POST /execute`` body: SQL         -> 204
 - ``POST /query``   body: SQL         -> the JSONCompact answer
-- ``POST /insert?table=T`` body: an Arrow IPC stream -> ``{"rows": n}``
 - ``POST /run_over_input`` body: JSON ``{"path": file, "statements": [[sql, format], ...], "cleanup": [sql,
   ...]}`` -> per statement an 8-byte big-endian length and its output (``store.base.InputStore``: the ingest
   fast path hands the engine raw Kafka message bytes). The client writes the input file next to the data
@@ -30,13 +29,11 @@ from collections.abc import Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
-
-import pyarrow as pa
+from urllib.parse import urlsplit
 
 from store.arrow import to_arrow
 from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError
-from store.chdb_local import ChdbStore, arrow_ipc, parse_json_compact, parse_version, write_input
+from store.chdb_local import ChdbStore, arrow_insert_sql, arrow_ipc, parse_json_compact, parse_version, write_input
 
 
 def address_file(path: Path) -> Path:
@@ -82,17 +79,11 @@ class _Handler(BaseHTTPRequestHandler):
                     sql = exc.sql
                     raise
                 self._reply(200, b"".join(struct.pack(">Q", len(o)) + o for o in outputs))
-            elif parts.path == "/insert":
-                table = parse_qs(parts.query)["table"][0]
-                sql = f"INSERT INTO {table}"
-                reader = pa.ipc.open_stream(body)
-                rows = store.insert_ipc(table, reader.schema.names, body, int(parse_qs(parts.query)["rows"][0]))
-                self._reply(200, json.dumps({"rows": rows}).encode())
             else:
                 self._reply(404, b'{"error": "not found"}')
         except QueryError as exc:
             self._reply(400, json.dumps({"error": str(exc), "sql": exc.sql}).encode())
-        except (KeyError, ValueError, pa.ArrowInvalid) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             self._reply(400, json.dumps({"error": f"bad request: {exc!r}", "sql": sql}).encode())
         except StoreError as exc:
             self._reply(503, json.dumps({"error": str(exc), "sql": sql}).encode())
@@ -190,10 +181,8 @@ class ChdbDaemonStore:
             types = {str(r[0]): str(r[1]) for r in self.query(f"DESCRIBE TABLE {table}").rows}
             self._types[table] = types
         block = to_arrow(columns, types)
-        answer = self._request(
-            "POST", f"/insert?table={table}&rows={block.num_rows}", arrow_ipc(block), f"INSERT INTO {table}"
-        )
-        return int(json.loads(answer)["rows"])
+        self.run_over_input(arrow_ipc(block), [(arrow_insert_sql(table, block.column_names), "")])
+        return int(block.num_rows)
 
     def run_over_input(
         self, data: bytes, statements: Sequence[tuple[str, str]], cleanup: Sequence[str] = ()

@@ -126,11 +126,13 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
         """The fetched records (aiokafka ``ConsumerRecord``: partition, offset, value) in store writes of at most
         ``batch_max_rows``."""
         batch = [r for records in fetches for r in records]
+        if not batch:
+            return
         # equal parts: a take just over the limit (it ends on a whole fetch) must not leave a small tail batch
         # that pays the store's fixed cost per batch (~80 ms on chDB, measured) for a few hundred records
         parts = -(-len(batch) // settings.batch_max_rows)
-        size = -(-len(batch) // parts) if parts else 0
-        for start in range(0, len(batch), size or 1):
+        size = -(-len(batch) // parts)
+        for start in range(0, len(batch), size):
             yield batch[start : start + size]
 
     # Batches staged but not yet completed, oldest first, each with its partitions and whether its offsets must
@@ -193,8 +195,7 @@ def create_app(settings: WorkerSettings, store: Store) -> Any:
                     await in_sink_thread(feedback_sink.prepare, partitions)
                 staged = await loop.run_in_executor(ingest_executor, sink.stage, batch)
                 deferred = staged.result is None
-                if not deferred:
-                    assert staged.result is not None
+                if staged.result is not None:
                     await dead_letter(staged.result.rejected)
                 pending.append((loop.run_in_executor(executor, complete_inference, staged), partitions, deferred))
                 partitions = set()

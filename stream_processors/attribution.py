@@ -282,15 +282,14 @@ class Attribution:
         """Request ids with feedback waiting for their prediction (its items are needed when it arrives)."""
         return set(self._pending)
 
-    def unresolved(self, request_ids: Iterable[str]) -> list[tuple[str, str, int, str, int]]:
-        """``(request_id, model, version, event_id, received_us)`` of the live predictions among ``request_ids``
+    def unresolved(self, request_ids: Iterable[str]) -> list[tuple[str, tuple[str, int, str, int]]]:
+        """``(request_id, (model, version, event_id, received_us))`` of the live predictions among ``request_ids``
         whose items are not known yet (see :meth:`add_predicted`)."""
         out = []
         for rid in set(request_ids):
             p = self._predictions.get(rid)
             if p is not None and p.items is None:
-                w = p.window
-                out.append((rid, w.model, w.version, p.event_id, p.received_us))
+                out.append((rid, (p.window.model, p.window.version, p.event_id, p.received_us)))
         return out
 
     def resolve(self, request_id: str, items: Iterable[str]) -> None:

@@ -63,7 +63,6 @@ stored row: 1.2 s for 20,000 predictions and 40,000 feedback events; with the de
 
 from __future__ import annotations
 
-import bisect
 import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -235,11 +234,9 @@ class FeedbackSink:
         predictions: dict[int, list[InferenceEvent]] = {}
         slices: dict[int, tuple[int, int]] = {}  # the fast path's new predictions: an index range per partition
         if fast is not None:
-            for p in set(fast.partition):  # sorted by partition, then offset
+            for p, (start, end) in fast.partition_slices().items():
                 part = parts[p]
-                start = bisect.bisect_left(fast.partition, p)
-                end = bisect.bisect_right(fast.partition, p, start)
-                new = bisect.bisect_right(fast.offset, part.inference_hw, start, end)
+                new = fast.first_after(start, end, part.inference_hw)
                 if new < end:
                     slices[p] = (new, end)
                     part.inference_hw = fast.offset[end - 1]
@@ -285,10 +282,8 @@ class FeedbackSink:
             fbs = by_partition.get(p, ())
             unresolved = a.unresolved(fb.request_id for fb in fbs)
             if unresolved:  # predictions from the ingest fast path: their items are in the store
-                found = self._items(
-                    [(model, version, event_id, received) for _, model, version, event_id, received in unresolved]
-                )
-                for request_id, _, _, event_id, _ in unresolved:
+                found = self._items([key for _, key in unresolved])
+                for request_id, (_, _, event_id, _) in unresolved:
                     a.resolve(request_id, found.get(event_id, ()))
             flags = held[p] = []
             for fb in fbs:

@@ -12,14 +12,15 @@ that harmless by storing the offsets with the data:
 Each batch is one insert per table, so a crash leaves every row either fully written or absent. State for
 keys the worker has not seen since it started (or since it got the partition) is read back from the store.
 
+Partitions are identified within one topic; recreating a topic under the same name resets its offsets and
+needs a fresh database (documented in docs/tables.md).
+
 Two paths, the same rows (``tests/unit/test_protobuf_ingest.py``): on a store that can parse Protobuf itself
 (chDB: ``store.base.InputStore``) ``stage`` hands the message bytes to the engine, which stores the raw rows
 and returns each window's delta (``stream_processors.protobuf_ingest``), and ``complete`` adds the deltas to the
 cumulative rows; elsewhere (ClickHouse 18.16), or for a batch the engine cannot parse, ``complete`` decodes,
 stores and folds the batch in Python. On the fast path a partition whose raw rows go further than its window
 rows when the sink first sees it has the difference folded in from the table (``_repair``).
-Partitions are identified within one topic; recreating a topic under the same name resets its offsets and
-needs a fresh database (documented in docs/tables.md).
 """
 
 from __future__ import annotations
@@ -245,7 +246,8 @@ class InferenceSink:
     # store engine's work) may run in one thread while complete(k) (mostly Python's) runs in another, provided
     # every partition of batch k + 1 has been seen before (``knows``), stage calls are in batch order, complete
     # calls are in batch order, and after a StoreError from either the caller stops, waits for both and calls
-    # ``forget_partitions`` for both batches. Offsets may be acknowledged once complete(k) has returned.
+    # ``forget_partitions`` for both batches. Offsets may be acknowledged once complete(k) has returned; on the
+    # fast path once stage(k) has (its raw rows are stored, and ``_repair`` rebuilds window rows from them).
 
     def knows(self, partitions: Iterable[int]) -> bool:
         """Whether the sink has cached state for all these partitions (stage then reads nothing else)."""
@@ -328,9 +330,7 @@ class InferenceSink:
                 self._max_event_us[p] = event_us
             self._progress[p] = max(self._progress[p], offset)
             self._watermark.restore(p, self._max_event_us[p])  # for a batch the Python path takes
-        staged = Staged(messages, result, out.deltas)
-        staged.max_event_us = {p: self._max_event_us[p] for p in out.folded}
-        return staged
+        return Staged(messages, result, out.deltas, {p: self._max_event_us[p] for p in out.folded})
 
     def _repair(self, behind: dict[int, tuple[int, int]]) -> None:
         """Fold stored raw rows that no window row counts yet (offsets in ``(progress, high-water]``) into the
@@ -493,9 +493,9 @@ class InferenceSink:
                 self._windows[k] = WindowState()
             else:
                 missing.append(k)
-        for k in keys:
-            if k[5] in newest and k[0] > newest[k[5]]:
-                newest[k[5]] = k[0]  # (a failed insert leaves it high: the next load of it only queries)
+        for k in keys:  # (a failed insert leaves it high: the next load of such a key only queries)
+            if k[5] in newest:
+                newest[k[5]] = max(newest[k[5]], k[0])
         if not missing:
             return
         starts = ", ".join(str(s) for s in sorted({k[0] for k in missing}))

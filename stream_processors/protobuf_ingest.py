@@ -3,8 +3,8 @@
 On the Python path (``InferenceSink`` with ClickHouse 18.16, or any store without ``InputStore``) every event is
 decoded into a Protobuf object, turned into 31 column values and a window update, and converted to Arrow: ~50 µs
 of Python per event. Here the worker only frames the Kafka message bytes (``frame``: the length-delimited
-``InferenceEnvelope`` stream of ``schemas/v1/ingest.proto``, ~1.7 µs per event) and hands them to the engine in
-one request (``Store.run_over_input``), which:
+``InferenceEnvelope`` stream of ``schemas/v1/ingest.proto``, ~1 µs per event) and hands them to the engine in
+one request (``store.base.InputStore.run_over_input``), which:
 
 1. parses them into a staging table (``FORMAT Protobuf``) with a ``reason`` per row, the same rules as
    ``decode.decode_inference`` (invalid UTF-8 in a string field is ``undecodable`` there);
@@ -12,8 +12,8 @@ one request (``Store.run_over_input``), which:
 3. inserts the valid rows above each partition's high-water into ``inference_events``;
 4. computes each touched 10 s window's *delta* (the valid rows past each partition's window progress) as the
    columns of an ``inference_metrics_10s_parts`` row, the late flag from the partition's running maximum event
-   time in offset order (seeded with the maximum already folded in), exactly as ``windows.Watermark`` decides;
-   with each partition's latest event time folded in;
+   time in offset order (seeded with the maximum already folded in), exactly as ``windows.Watermark`` decides,
+   and each partition's latest event time folded in;
 5. returns the fields the feedback join needs (``PredictionColumns``, Arrow).
 
 The sink merges the deltas into its cumulative rows and writes them as on the Python path, so the bookkeeping
@@ -40,7 +40,14 @@ import pyarrow as pa
 import schemas
 from store.base import InputStore, QueryError, Store
 from stream_processors.decode import EARLIEST_US, MAX_FUTURE_US
-from stream_processors.inference_sink import EVENT_COLUMNS, SCORE_BINS, Record, WindowKey, WindowState
+from stream_processors.inference_sink import (
+    EVENT_COLUMNS,
+    SCORE_BINS,
+    Record,
+    WindowKey,
+    WindowState,
+    key_of_row,
+)
 from stream_processors.sketch import GAMMA, LatencySketch
 
 _LOG_GAMMA: Final = math.log(GAMMA)
@@ -219,6 +226,18 @@ class PredictionColumns:
     def __len__(self) -> int:
         return len(self.offset)
 
+    def partition_slices(self) -> dict[int, tuple[int, int]]:
+        """Each partition's rows as an index range ``(start, end)``."""
+        out = {}
+        for p in set(self.partition):
+            start = bisect.bisect_left(self.partition, p)
+            out[p] = (start, bisect.bisect_right(self.partition, p, start))
+        return out
+
+    def first_after(self, start: int, end: int, offset: int) -> int:
+        """The index of the first row in ``start:end`` (one partition's) past ``offset``."""
+        return bisect.bisect_right(self.offset, offset, start, end)
+
 
 _PREDICTION_SELECT: Final = (
     "kafka_partition, kafka_offset, event.request_id, event.event_id, event.received_us, event.model, "
@@ -340,11 +359,10 @@ def ingest(
     rejected = [(int(p), int(o), str(r)) for p, o, r in _rows(out[1])]
     deltas, folded = _deltas(_rows(out[3]))
     predictions = _predictions(out[4])
-    written = 0
-    for p in set(predictions.partition):  # sorted by partition, then offset
-        start = bisect.bisect_left(predictions.partition, p)
-        end = bisect.bisect_right(predictions.partition, p, start)
-        written += end - bisect.bisect_right(predictions.offset, high_water[p], start, end)
+    written = sum(
+        end - predictions.first_after(start, end, high_water[p])
+        for p, (start, end) in predictions.partition_slices().items()
+    )
     return IngestResult(rejected, written, len(predictions) - written, deltas, folded, predictions)
 
 
@@ -391,7 +409,7 @@ def _deltas(rows: Sequence[Sequence[Any]]) -> tuple[dict[WindowKey, WindowState]
     deltas: dict[WindowKey, WindowState] = {}
     folded: dict[int, tuple[int, int]] = {}
     for r in rows:
-        key, state = _delta_key(r), _delta_state(r)
+        key, state = key_of_row(r), _delta_state(r)
         deltas[key] = state
         event_us, offset = folded.get(key[5], (0, -1))
         folded[key[5]] = (max(event_us, int(r[-1])), max(offset, state.last_offset))
@@ -407,10 +425,6 @@ def _per_partition(prefix: str, values: dict[int, int], default: int) -> str:
 
 def _rows(raw: bytes) -> list[list[Any]]:
     return list(json.loads(raw)["data"]) if raw else []
-
-
-def _delta_key(r: Sequence[Any]) -> WindowKey:
-    return (int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]))
 
 
 def _delta_state(r: Sequence[Any]) -> WindowState:
