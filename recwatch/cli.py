@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="events older than a partition's latest event time minus this count as late (default 30)",
     )
     worker.add_argument("--group", default="recwatch-worker", help="Kafka consumer group (Faust app id)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        help="loopback port of the worker's Prometheus /metrics (default: $RECWATCH_WORKER_METRICS_PORT or 19110; "
+        "taken or 0: any free port, logged)",
+    )
 
     alerter = sub.add_parser(
         "alerter", help="detect anomalies on every monitored series and turn them into alerts (docs/detection.md)"
@@ -377,18 +383,32 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _kafka_and_store(settings: Settings) -> tuple[str, Any]:
+def _kafka_and_store(settings: Settings, wait: bool = False) -> tuple[str, Any]:
     """Kafka's bootstrap servers (recwatch's topics created where missing) and the store, connected and migrated:
-    what every long-running consumer starts with."""
+    what every long-running consumer starts with. ``wait``: a store that is down is waited for (capped backoff,
+    logged once) instead of failing the start."""
+    import time
+
     from infra import stack
-    from store import migrate, open_store
+    from store import StoreUnavailableError, migrate, open_store
 
     bootstrap = stack.bootstrap_servers(settings)
     stack.ensure_recwatch_topics(settings, bootstrap)
-    store = open_store(stack.store_url(settings))
-    store.connect()
-    migrate(store)
-    return bootstrap, store
+    delay = 0.2
+    while True:
+        store = open_store(stack.store_url(settings))
+        try:
+            store.connect()
+            migrate(store)
+            return bootstrap, store
+        except StoreUnavailableError as exc:
+            store.close()
+            if not wait:
+                raise
+            if delay == 0.2:
+                print(f"recwatch: the store is not reachable ({exc}); waiting for it", file=sys.stderr, flush=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _stop_event(once_seconds: float | None) -> Any:
@@ -406,15 +426,17 @@ def _stop_event(once_seconds: float | None) -> Any:
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:
-    from stream_processors.app import WorkerSettings, run_worker
+    from stream_processors.faust_adapter import run_worker
+    from stream_processors.worker import WorkerSettings
 
-    bootstrap, store = _kafka_and_store(settings)
+    bootstrap, store = _kafka_and_store(settings, wait=True)
     worker_settings = WorkerSettings(
         bootstrap=bootstrap,
         data_dir=settings.home / "worker" / args.group,
         app_id=args.group,
         window_s=args.window_seconds,
         allowed_lateness_s=args.allowed_lateness,
+        metrics_port=args.metrics_port if args.metrics_port is not None else settings.worker_metrics_port,
     )
     try:
         run_worker(worker_settings, store)

@@ -26,6 +26,8 @@ ENV_VARS: dict[str, str] = {
     "RECWATCH_ALERT_WEBHOOK_SECRET": "HMAC-SHA256 key of those webhook signatures (required with the URL)",
     "RECWATCH_TOPIC_PARTITIONS": "partitions of the topics `infra up` creates (default 6)",
     "RECWATCH_REPLICA": "replica id written into every inference event (default: <hostname>-<port>)",
+    "RECWATCH_WORKER_METRICS_PORT": "loopback port of `recwatch worker`'s Prometheus /metrics (default 19110; "
+    "0 or a port in use: any free port, logged and written to <home>/worker/<group>/metrics-<pid>.address)",
 }
 
 
@@ -42,6 +44,7 @@ class Settings:
     alertmanager_port: int = 19093
     topic_partitions: int = 6
     replica: str | None = None
+    worker_metrics_port: int = 19110
     alert_webhook_url: str | None = None
     alert_webhook_secret: str | None = field(default=None, repr=False)
 
@@ -60,6 +63,7 @@ class Settings:
             alertmanager_port=_int(env, "RECWATCH_ALERTMANAGER_PORT", 19093),
             topic_partitions=_int(env, "RECWATCH_TOPIC_PARTITIONS", 6),
             replica=env.get("RECWATCH_REPLICA") or None,
+            worker_metrics_port=_int(env, "RECWATCH_WORKER_METRICS_PORT", 19110),
             alert_webhook_url=env.get("RECWATCH_ALERT_WEBHOOK_URL") or None,
             alert_webhook_secret=env.get("RECWATCH_ALERT_WEBHOOK_SECRET") or None,
         )

@@ -21,7 +21,7 @@ from rollout.compare import ArmStats
 from rollout.reconcile import WindowPair
 from store.base import Store
 from store.sql import string_literal
-from stream_processors.inference_sink import STATE_SELECT, WindowState, key_of_row, state_of_row
+from stream_processors.window_rows import STATE_SELECT, WindowState, key_of_row, state_of_row
 
 ARMS = ("stable", "canary")
 

@@ -74,7 +74,7 @@ from store.base import Store, StoreError
 from store.sql import string_literal
 from stream_processors.attribution import Attribution, BusinessWindow
 from stream_processors.decode import Rejected, decode_feedback, decode_inference
-from stream_processors.inference_sink import Record
+from stream_processors.records import Record
 
 if TYPE_CHECKING:
     from stream_processors.protobuf_ingest import PredictionColumns
@@ -257,6 +257,11 @@ class FeedbackSink:
             part = parts[msg.partition]
             if msg.offset <= part.feedback_hw:
                 result.duplicates_skipped += 1
+                fb = decode_feedback(msg.value, now_us)  # a rejected one again: nothing stored says it was sent
+                if isinstance(fb, str):
+                    result.rejected.append(
+                        Rejected(self.feedback_topic, msg.partition, msg.offset, msg.value or b"", fb)
+                    )
                 continue
             part.feedback_hw = msg.offset
             fb = decode_feedback(msg.value, now_us)

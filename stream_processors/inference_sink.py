@@ -28,147 +28,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
 
 from schemas import InferenceEvent
 from store.base import InputStore, Store, StoreError
 from stream_processors.decode import Rejected, decode_inference
-from stream_processors.sketch import LatencySketch
+from stream_processors.protobuf_ingest import ParseFailed, PredictionColumns, ingest, rebuild_deltas
+from stream_processors.records import Record
+from stream_processors.window_rows import (
+    EVENT_COLUMNS,
+    STATE_SELECT,
+    WindowKey,
+    WindowState,
+    key_of_row,
+    state_of_row,
+    window_columns,
+)
 from stream_processors.windows import Watermark, WindowSpec
 
-if TYPE_CHECKING:
-    from stream_processors.protobuf_ingest import PredictionColumns
-
 log = logging.getLogger(__name__)
-
-WindowKey = tuple[int, str, int, str, str, int]  # window_start (s), model, version, label, replica, partition
-
-SCORE_BINS = 10  # score histogram: equal bins over [0, 1]; scores outside are clamped into the end bins
-
-
-@dataclass
-class WindowState:
-    """One cumulative partial aggregate: a window of one (model, version, label, replica) in one partition."""
-
-    requests: int = 0
-    errors: int = 0
-    latency_sum_us: int = 0
-    latency_max_us: int = 0
-    last_offset: int = -1
-    errors_by_code: dict[int, int] = field(default_factory=dict)
-    latency: LatencySketch = field(default_factory=LatencySketch)
-    queue_sum_us: int = 0
-    compute_sum_us: int = 0
-    batch_size_sum: int = 0
-    rows_sum: int = 0
-    cache_hits: int = 0
-    score_count: int = 0
-    score_sum: float = 0.0
-    score_sumsq: float = 0.0
-    score_hist: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
-    late_events: int = 0
-    producer_dropped: int = 0  # the replica's logger totals: the highest seen in the window (cumulative)
-    producer_spooled: int = 0
-    process_rss_max_bytes: int = 0  # the serving process's RSS: the highest of the events' (0 = unknown)
-
-    def copy(self) -> WindowState:
-        return replace(
-            self,
-            errors_by_code=dict(self.errors_by_code),
-            latency=self.latency.copy(),
-            score_hist=list(self.score_hist),
-        )
-
-    def merge(self, other: WindowState) -> None:
-        """Fold another partial row of the same window in (another partition or replica)."""
-        self.requests += other.requests
-        self.errors += other.errors
-        self.latency_sum_us += other.latency_sum_us
-        self.latency_max_us = max(self.latency_max_us, other.latency_max_us)
-        for code, n in other.errors_by_code.items():
-            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + n
-        self.latency.merge(other.latency)
-        self.queue_sum_us += other.queue_sum_us
-        self.compute_sum_us += other.compute_sum_us
-        self.batch_size_sum += other.batch_size_sum
-        self.rows_sum += other.rows_sum
-        self.cache_hits += other.cache_hits
-        self.score_count += other.score_count
-        self.score_sum += other.score_sum
-        self.score_sumsq += other.score_sumsq
-        self.score_hist = [a + b for a, b in zip(self.score_hist, other.score_hist, strict=True)]
-        self.late_events += other.late_events
-        # cumulative totals of a replica's logger and its process's RSS: the highest seen, never a sum
-        self.producer_dropped = max(self.producer_dropped, other.producer_dropped)
-        self.producer_spooled = max(self.producer_spooled, other.producer_spooled)
-        self.process_rss_max_bytes = max(self.process_rss_max_bytes, other.process_rss_max_bytes)
-
-    def add(self, ev: InferenceEvent) -> None:
-        """Fold one on-time event in (the caller sets ``last_offset``)."""
-        self.requests += 1
-        code = ev.status_code
-        if code:
-            self.errors += 1
-            self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
-        lat = ev.latency
-        total = lat.total_us
-        self.latency_sum_us += total
-        if total > self.latency_max_us:
-            self.latency_max_us = total
-        self.latency.add(total)
-        self.queue_sum_us += lat.queue_us
-        self.compute_sum_us += lat.compute_us
-        self.batch_size_sum += ev.batch_size
-        self.rows_sum += ev.rows
-        self.cache_hits += ev.cache_hit
-        producer = ev.producer
-        if producer.dropped > self.producer_dropped:
-            self.producer_dropped = producer.dropped
-        if producer.spooled > self.producer_spooled:
-            self.producer_spooled = producer.spooled
-        if ev.process_rss_bytes > self.process_rss_max_bytes:
-            self.process_rss_max_bytes = ev.process_rss_bytes
-        if ev.outputs:
-            head = ev.outputs[0].head
-            if head:
-                hist = self.score_hist
-                top = SCORE_BINS - 1
-                s = sq = 0.0
-                for x in head:
-                    s += x
-                    sq += x * x
-                    v = x * SCORE_BINS
-                    if -1e18 < v < 1e18:
-                        b = int(v)
-                        hist[top if b > top else 0 if b < 0 else b] += 1
-                    else:  # inf, nan (a broken model): counted, at the end they lean to (nan: the bottom)
-                        hist[top if v > 0 else 0] += 1
-                self.score_count += len(head)
-                self.score_sum += s
-                self.score_sumsq += sq
-
-
-@dataclass(frozen=True)
-class Message:
-    """What the sink needs of a Kafka message."""
-
-    partition: int
-    offset: int
-    value: bytes | None
-
-
-class Record(Protocol):
-    """A ``Message``, or anything with its fields (aiokafka's ``ConsumerRecord``: the worker passes those)."""
-
-    @property
-    def partition(self) -> int: ...
-
-    @property
-    def offset(self) -> int: ...
-
-    @property
-    def value(self) -> bytes | None: ...
 
 
 @dataclass
@@ -178,18 +56,20 @@ class BatchResult:
     windows_written: int = 0
     decoded: list[tuple[Record, InferenceEvent]] = field(default_factory=list)  # for the feedback sink ...
     predictions: PredictionColumns | None = None  # ... or this, from the ingest fast path
+    # every unusable message of the batch, redelivered ones too: nothing in the store says a rejected message
+    # reached the dead-letter topic (the pipeline sends each at least once, and once per worker run)
     rejected: list[Rejected] = field(default_factory=list)
 
 
 @dataclass
 class Staged:
-    """A batch between ``InferenceSink.stage`` and ``complete``: ``result`` is None when complete must take it
-    through the Python path."""
+    """A batch between ``InferenceSink.stage`` (its raw rows stored, ``result.rejected`` found) and ``complete``."""
 
     messages: Sequence[Record]
-    result: BatchResult | None
+    result: BatchResult
     deltas: dict[WindowKey, WindowState]
     max_event_us: dict[int, int] = field(default_factory=dict)
+    decoded: bool = False  # the Python path: ``result.decoded`` holds the events, complete folds them
 
 
 class InferenceSink:
@@ -240,24 +120,34 @@ class InferenceSink:
         Raises ``StoreError`` if the store fails; nothing of the batch is then marked done, so the caller may
         retry the same batch (or let Kafka redeliver it) without double counting.
         """
-        return self.complete(self.stage(messages))
+        try:
+            return self.complete(self.stage(messages))
+        except StoreError:
+            self.forget_partitions({m.partition for m in messages})  # the cache may be behind the store
+            raise
 
-    # The two halves of write_batch, for a worker that overlaps them across batches: stage(k + 1) (mostly the
-    # store engine's work) may run in one thread while complete(k) (mostly Python's) runs in another, provided
-    # every partition of batch k + 1 has been seen before (``knows``), stage calls are in batch order, complete
-    # calls are in batch order, and after a StoreError from either the caller stops, waits for both and calls
-    # ``forget_partitions`` for both batches. Offsets may be acknowledged once complete(k) has returned; on the
-    # fast path once stage(k) has (its raw rows are stored, and ``_repair`` rebuilds window rows from them).
+    # The two halves of write_batch, for a worker that overlaps them across batches (``pipeline.Pipeline``):
+    # stage(k + 1) stores batch k + 1's raw rows (on the fast path the store engine parses them and computes their
+    # window deltas) in one thread while complete(k) writes batch k's window rows in another, provided every
+    # partition of batch k + 1 has been seen before (``knows``), stage calls are in batch order, complete calls
+    # are in batch order, and after a StoreError from either the caller stops, waits for both and calls
+    # ``forget_partitions`` for both batches (neither half forgets anything itself: the other may be running).
+    # ``Staged.result.rejected`` is known once stage(k) returns. Offsets may be acknowledged once complete(k)
+    # has returned.
 
     def knows(self, partitions: Iterable[int]) -> bool:
         """Whether the sink has cached state for all these partitions (stage then reads nothing else)."""
         return all(p in self._progress and p in self._high_water for p in partitions)
 
-    def stage(self, messages: Sequence[Record]) -> Staged:
-        """The first half: on the fast path, the engine parses, stores and aggregates the batch."""
-        if self._input is not None and messages:
-            from stream_processors.protobuf_ingest import ParseFailed
+    def prepare(self, partitions: Iterable[int]) -> None:
+        """Read the state of partitions not seen yet (their high-water and window progress), in one query each."""
+        self._high_waters(set(partitions))
+        self._restore_progress(set(partitions))
 
+    def stage(self, messages: Sequence[Record]) -> Staged:
+        """The first half: the raw rows stored and the rejected messages found (on the fast path the engine parses,
+        stores and aggregates the batch; else it is decoded here)."""
+        if self._input is not None and messages:
             try:
                 return self._stage_ingested(self._input, messages)
             except ParseFailed as exc:
@@ -267,52 +157,44 @@ class InferenceSink:
                     len(messages),
                     str(exc).splitlines()[0][:300],
                 )
-        return Staged(messages, None, {})
+        return Staged(messages, self._stage_decoded(messages), {}, decoded=True)
 
     def complete(self, staged: Staged) -> BatchResult:
-        """The second half: fold the deltas into the cumulative window rows and write them (or, for a batch the
-        engine did not take, the whole Python path)."""
-        if staged.result is None:
-            return self._write_decoded(staged.messages)
+        """The second half: fold the deltas (or, on the Python path, the decoded events) into the cumulative
+        window rows and write them."""
         result = staged.result
-        try:
+        if staged.decoded:
+            # Redelivered events still pass through here: a crash may have come between the two inserts.
+            result.windows_written = self._aggregate(result.decoded)
+        else:
             result.windows_written = self._merge_deltas(staged.deltas, staged.max_event_us)
-        except StoreError:
-            self.forget_partitions({m.partition for m in staged.messages})
-            raise
         return result
 
     def _stage_ingested(self, store: InputStore, messages: Sequence[Record]) -> Staged:
-        from stream_processors.protobuf_ingest import ingest
-
         result = BatchResult()
         partitions = {m.partition for m in messages}
-        try:
-            high_water = self._high_waters(partitions)
-            self._restore_progress(partitions)
-            behind = {p: (self._progress[p], high_water[p]) for p in partitions if high_water[p] > self._progress[p]}
-            if behind:
-                self._repair(behind)
-            framed = [m for m in messages if m.value]
-            if len(framed) < len(messages):
-                for m in messages:
-                    if not m.value and m.offset > high_water[m.partition]:
-                        result.rejected.append(Rejected(self.topic, m.partition, m.offset, b"", "empty"))
-            out = None
-            if framed:
-                out = ingest(
-                    store,
-                    framed,
-                    high_water=high_water,
-                    progress={p: self._progress[p] for p in partitions},
-                    max_event_us={p: self._max_event_us.get(p, 0) for p in partitions},
-                    window_s=self.window_s,
-                    allowed_lateness_s=self.allowed_lateness_s,
-                    now_us=time.time_ns() // 1000,
-                )
-        except StoreError:
-            self.forget_partitions(partitions)  # the cached offsets may be behind what the store now holds
-            raise
+        high_water = self._high_waters(partitions)
+        self._restore_progress(partitions)
+        behind = {p: (self._progress[p], high_water[p]) for p in partitions if high_water[p] > self._progress[p]}
+        if behind:
+            self._repair(behind)
+        framed = [m for m in messages if m.value]
+        if len(framed) < len(messages):
+            for m in messages:
+                if not m.value:
+                    result.rejected.append(Rejected(self.topic, m.partition, m.offset, b"", "empty"))
+        out = None
+        if framed:
+            out = ingest(
+                store,
+                framed,
+                high_water=high_water,
+                progress={p: self._progress[p] for p in partitions},
+                max_event_us={p: self._max_event_us.get(p, 0) for p in partitions},
+                window_s=self.window_s,
+                allowed_lateness_s=self.allowed_lateness_s,
+                now_us=time.time_ns() // 1000,
+            )
         hw = self._high_water
         last = {m.partition: m.offset for m in messages}  # offsets increase within a partition
         for p, offset in last.items():  # rejected ones count as done too: they are on the dead-letter topic
@@ -336,8 +218,6 @@ class InferenceSink:
         """Fold stored raw rows that no window row counts yet (offsets in ``(progress, high-water]``) into the
         window rows. A worker that stopped between storing a batch and writing its window rows left them, and may
         have acknowledged their offsets already: Kafka will not redeliver them (see the worker's pipeline)."""
-        from stream_processors.protobuf_ingest import rebuild_deltas
-
         deltas, folded = rebuild_deltas(
             self.store,
             behind,
@@ -367,13 +247,13 @@ class InferenceSink:
             state = updated[key] = self._windows[key].copy()  # the cache changes only once the insert succeeded
             state.merge(delta)
             state.last_offset = max(state.last_offset, delta.last_offset)
-        self.store.insert("inference_metrics_10s_parts", _window_columns(updated, max_event_us))
+        self.store.insert("inference_metrics_10s_parts", window_columns(updated, max_event_us))
         self._windows.update(updated)
         self._evict(max(k[0] for k in deltas))
         return len(updated)
 
-    def _write_decoded(self, messages: Sequence[Record]) -> BatchResult:
-        """The Python path: decode, build the columns and fold the windows here."""
+    def _stage_decoded(self, messages: Sequence[Record]) -> BatchResult:
+        """The Python path's first half: decode, reject, store the new raw rows (``complete`` folds the windows)."""
         result = BatchResult()
         decoded_events: list[tuple[Record, InferenceEvent]] = []
         new_events: list[tuple[Record, InferenceEvent]] = []
@@ -381,9 +261,8 @@ class InferenceSink:
         for msg in messages:
             seen = msg.offset <= high_water[msg.partition]
             decoded = decode_inference(msg.value)
-            if isinstance(decoded, str):
-                if not seen:
-                    result.rejected.append(Rejected(self.topic, msg.partition, msg.offset, msg.value or b"", decoded))
+            if isinstance(decoded, str):  # (also when redelivered: see ``BatchResult.rejected``)
+                result.rejected.append(Rejected(self.topic, msg.partition, msg.offset, msg.value or b"", decoded))
                 continue
             decoded_events.append((msg, decoded))
             if seen:
@@ -396,8 +275,6 @@ class InferenceSink:
         for msg in messages:  # rejected ones count as done too: they are on the dead-letter topic
             if msg.offset > self._high_water[msg.partition]:
                 self._high_water[msg.partition] = msg.offset
-        # Redelivered events still pass through here: a crash may have come between the two inserts.
-        result.windows_written = self._aggregate(decoded_events)
         result.decoded = decoded_events
         return result
 
@@ -452,7 +329,7 @@ class InferenceSink:
             state.last_offset = msg.offset
         if updated:
             max_event = self._max_event_us
-            self.store.insert("inference_metrics_10s_parts", _window_columns(updated, max_event))
+            self.store.insert("inference_metrics_10s_parts", window_columns(updated, max_event))
             self._windows.update(updated)
         for key, msg, _, _ in keyed:
             if msg.offset > progress[key[5]]:
@@ -571,138 +448,3 @@ def _event_columns(fresh: Sequence[tuple[Record, InferenceEvent]]) -> dict[str, 
         [ev.process_rss_bytes for ev in evs],
     )
     return dict(zip(EVENT_COLUMNS, columns, strict=True))
-
-
-EVENT_COLUMNS = (
-    "received_us",
-    "sent_us",
-    "event_id",
-    "request_id",
-    "model",
-    "version",
-    "label",
-    "replica",
-    "api",
-    "signature",
-    "status_code",
-    "error",
-    "queue_us",
-    "batch_us",
-    "compute_us",
-    "total_us",
-    "batch_size",
-    "cache_hit",
-    "rows",
-    "input_names",
-    "input_shapes",
-    "output_name",
-    "score_count",
-    "score_mean",
-    "score_min",
-    "score_max",
-    "scores",
-    "user_id",
-    "item_ids",
-    "kafka_partition",
-    "kafka_offset",
-    "producer_dropped",
-    "producer_spooled",
-    "process_rss",
-)
-
-
-_KEY_COLUMNS = ("window_start", "model", "version", "label", "replica", "kafka_partition")
-_STATE_COLUMNS = (
-    "requests",
-    "errors",
-    "latency_sum_us",
-    "latency_max_us",
-    "last_offset",
-    "error_codes",
-    "error_counts",
-    "latency_keys",
-    "latency_counts",
-    "queue_sum_us",
-    "compute_sum_us",
-    "batch_size_sum",
-    "rows_sum",
-    "cache_hits",
-    "score_count",
-    "score_sum",
-    "score_sumsq",
-    "score_hist",
-    "late_events",
-    "producer_dropped",
-    "producer_spooled",
-    "process_rss_max",
-)
-STATE_SELECT = ("toUInt32(window_start)", *_KEY_COLUMNS[1:], *_STATE_COLUMNS)
-
-
-def key_of_row(r: Sequence[Any]) -> WindowKey:
-    """The key of a row selected with :data:`STATE_SELECT`."""
-    return (int(r[0]), str(r[1]), int(r[2]), str(r[3]), str(r[4]), int(r[5]))
-
-
-def state_of_row(r: Sequence[Any]) -> WindowState:
-    """The state of a row selected with :data:`STATE_SELECT`."""
-    v = dict(zip(_STATE_COLUMNS, r[len(_KEY_COLUMNS) :], strict=True))
-    return WindowState(
-        requests=int(v["requests"]),
-        errors=int(v["errors"]),
-        latency_sum_us=int(v["latency_sum_us"]),
-        latency_max_us=int(v["latency_max_us"]),
-        last_offset=int(v["last_offset"]),
-        errors_by_code={int(c): int(n) for c, n in zip(v["error_codes"], v["error_counts"], strict=True)},
-        latency=LatencySketch.from_arrays(list(v["latency_keys"]), list(v["latency_counts"])),
-        queue_sum_us=int(v["queue_sum_us"]),
-        compute_sum_us=int(v["compute_sum_us"]),
-        batch_size_sum=int(v["batch_size_sum"]),
-        rows_sum=int(v["rows_sum"]),
-        cache_hits=int(v["cache_hits"]),
-        score_count=int(v["score_count"]),
-        score_sum=float(v["score_sum"]),
-        score_sumsq=float(v["score_sumsq"]),
-        score_hist=[int(x) for x in v["score_hist"]] or [0] * SCORE_BINS,
-        late_events=int(v["late_events"]),
-        producer_dropped=int(v["producer_dropped"]),
-        producer_spooled=int(v["producer_spooled"]),
-        process_rss_max_bytes=int(v["process_rss_max"]),
-    )
-
-
-def _window_columns(windows: dict[WindowKey, WindowState], max_event_us: dict[int, int]) -> dict[str, list[object]]:
-    cols: dict[str, list[object]] = {n: [] for n in (*_KEY_COLUMNS, *_STATE_COLUMNS, "max_event_us")}
-    for key in sorted(windows):
-        for name, value in zip(_KEY_COLUMNS, key, strict=True):
-            cols[name].append(value)
-        s = windows[key]
-        codes = sorted(s.errors_by_code)
-        keys, counts = s.latency.to_arrays()
-        for name, value in (
-            ("requests", s.requests),
-            ("errors", s.errors),
-            ("latency_sum_us", s.latency_sum_us),
-            ("latency_max_us", s.latency_max_us),
-            ("last_offset", s.last_offset),
-            ("error_codes", codes),
-            ("error_counts", [s.errors_by_code[c] for c in codes]),
-            ("latency_keys", keys),
-            ("latency_counts", counts),
-            ("queue_sum_us", s.queue_sum_us),
-            ("compute_sum_us", s.compute_sum_us),
-            ("batch_size_sum", s.batch_size_sum),
-            ("rows_sum", s.rows_sum),
-            ("cache_hits", s.cache_hits),
-            ("score_count", s.score_count),
-            ("score_sum", s.score_sum),
-            ("score_sumsq", s.score_sumsq),
-            ("score_hist", s.score_hist),
-            ("late_events", s.late_events),
-            ("producer_dropped", s.producer_dropped),
-            ("producer_spooled", s.producer_spooled),
-            ("process_rss_max", s.process_rss_max_bytes),
-            ("max_event_us", max_event_us.get(key[5], 0)),
-        ):
-            cols[name].append(value)
-    return cols

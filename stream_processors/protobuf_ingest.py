@@ -8,7 +8,7 @@ one request (``store.base.InputStore.run_over_input``), which:
 
 1. parses them into a staging table (``FORMAT Protobuf``) with a ``reason`` per row, the same rules as
    ``decode.decode_inference`` (invalid UTF-8 in a string field is ``undecodable`` there);
-2. returns the rejected rows (partition, offset, reason) for the dead-letter topic;
+2. returns the rejected rows (partition, offset, reason) for the dead-letter topic (redelivered ones too);
 3. inserts the valid rows above each partition's high-water into ``inference_events``;
 4. computes each touched 10 s window's *delta* (the valid rows past each partition's window progress) as the
    columns of an ``inference_metrics_10s_parts`` row, the late flag from the partition's running maximum event
@@ -40,15 +40,9 @@ import pyarrow as pa
 import schemas
 from store.base import InputStore, QueryError, Store
 from stream_processors.decode import EARLIEST_US, MAX_FUTURE_US
-from stream_processors.inference_sink import (
-    EVENT_COLUMNS,
-    SCORE_BINS,
-    Record,
-    WindowKey,
-    WindowState,
-    key_of_row,
-)
+from stream_processors.records import Record
 from stream_processors.sketch import GAMMA, LatencySketch
+from stream_processors.window_rows import EVENT_COLUMNS, SCORE_BINS, WindowKey, WindowState, key_of_row
 
 _LOG_GAMMA: Final = math.log(GAMMA)
 SCHEMA: Final = Path(schemas.__file__).resolve().parent / "v1" / "ingest.proto"
@@ -247,7 +241,7 @@ _PREDICTION_SELECT: Final = (
 
 @dataclass
 class IngestResult:
-    rejected: list[tuple[int, int, str]]  # (partition, offset, reason) of rows above the partition's high-water
+    rejected: list[tuple[int, int, str]]  # (partition, offset, reason) of every rejected row, redelivered ones too
     written: int  # rows inserted into inference_events
     seen: int  # valid rows at or below the high-water (redelivered)
     deltas: dict[WindowKey, WindowState]
@@ -325,7 +319,7 @@ def ingest(
             "",
         ),
         (
-            f"SELECT kafka_partition, kafka_offset, reason FROM {stg} WHERE reason != '' AND {new} "
+            f"SELECT kafka_partition, kafka_offset, reason FROM {stg} WHERE reason != '' "
             f"ORDER BY kafka_partition, kafka_offset {_ONE_THREAD}",
             "JSONCompact",
         ),

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 
 from schemas import WindowAggregate
 from store.base import Store
-from stream_processors.inference_sink import STATE_SELECT, WindowState, key_of_row, state_of_row
+from stream_processors.window_rows import STATE_SELECT, WindowState, key_of_row, state_of_row
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,10 @@ import numpy as np
 
 from schemas import InferenceEvent, OutputSummary, topics
 from store import Store
-from stream_processors.inference_sink import STATE_SELECT, InferenceSink, Message, key_of_row, state_of_row
+from stream_processors.inference_sink import InferenceSink
+from stream_processors.records import Message
 from stream_processors.sketch import ALPHA
+from stream_processors.window_rows import STATE_SELECT, key_of_row, state_of_row
 
 LEVELS = (0.5, 0.9, 0.95, 0.99)
 

@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import chdb
 
     from schemas import InferenceEvent
-    from stream_processors.inference_sink import Message, _event_columns
+    from stream_processors.inference_sink import _event_columns
+    from stream_processors.records import Message
 
     values = [value for _, value in synthetic_events(args.events)]
     t0 = time.perf_counter()

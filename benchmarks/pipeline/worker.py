@@ -1,7 +1,7 @@
 """``python -m benchmarks.pipeline.worker``: ``recwatch worker`` with the source topic as an option.
 
 The same calls as ``recwatch worker`` (recwatch/cli.py ``_worker``): open and migrate the store, then
-``stream_processors.app.run_worker`` — the unchanged Faust app and sink — except that ``source_topic`` names
+``stream_processors.faust_adapter.run_worker`` — the unchanged Faust app and sink — except that ``source_topic`` names
 the benchmark's fresh per-run topic (the CLI always reads ``recwatch.inference.v1``). Runs until SIGTERM.
 """
 
@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from store import migrate, open_store
-    from stream_processors.app import WorkerSettings, run_worker
+    from stream_processors.faust_adapter import run_worker
+    from stream_processors.worker import WorkerSettings
 
     store = open_store(args.store)
     store.connect()

@@ -17,7 +17,8 @@ from rollout.serving_files import FileServing
 from schemas import ModelUpdate
 from serving.config import parse_canary_weights, parse_model_server_config
 from store import Store
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.inference_sink import InferenceSink
+from stream_processors.records import Message
 from tests import window_aggregate_checks as checks
 
 pytestmark = pytest.mark.integration

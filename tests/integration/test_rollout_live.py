@@ -8,7 +8,8 @@ import pytest
 
 from rollout.live import StoreWindows
 from store import Store
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.inference_sink import InferenceSink
+from stream_processors.records import Message
 from tests import window_aggregate_checks as checks
 
 pytestmark = pytest.mark.integration

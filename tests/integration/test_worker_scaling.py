@@ -6,7 +6,8 @@ this test's own, together with messages no worker can use. Then:
 - two workers in one consumer group give the same windows, to the last percentile, as one worker writing into
   a second store, and as the same sketches computed here in Python;
 - rewinding the two-worker group to the earliest offsets and reprocessing everything changes no total;
-- every unusable message reaches the dead-letter topic once per group, with its reason and source.
+- every unusable message reaches the dead-letter topic at least once per group (again after the rewind), with its
+  reason and source.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ def _wait_all_counted(stack: Stack, model: str, timeout_s: float = 180) -> None:
     assert got == N_EVENTS, logs
 
 
-def test_two_workers_match_one_worker_survive_a_rewind_and_dead_letter_once(
+def test_two_workers_match_one_worker_survive_a_rewind_and_dead_letter_at_least_once(
     tmp_path: Path, kafka_bootstrap: str, store_url: str, second_store: str
 ) -> None:
     model = f"scale_{uuid.uuid4().hex[:8]}"
@@ -197,8 +198,12 @@ def test_two_workers_match_one_worker_survive_a_rewind_and_dead_letter_once(
         )
         assert row == {"n": N_EVENTS, "d": N_EVENTS}
 
-        letters = _dead_letters(kafka_bootstrap, set(garbage), expected=2 * GARBAGE)  # once per group
-        assert sorted(value for value, _ in letters) == sorted(garbage * 2)
+        # at least once per group, and once more for the rewind (a reprocessed message is rejected again: nothing
+        # in the store says it reached the dead-letter topic); consumers dedupe by the recwatch-source header
+        letters = _dead_letters(kafka_bootstrap, set(garbage), expected=3 * GARBAGE)
+        assert {value for value, _ in letters} == set(garbage)
+        assert all(sum(value == g for value, _ in letters) >= 3 for g in garbage)
+        assert len({headers["recwatch-source"] for _, headers in letters}) == GARBAGE
         assert {headers["recwatch-reason"] for _, headers in letters} == {b"undecodable"}
         assert all(headers["recwatch-source"].startswith(topics.INFERENCE.encode()) for _, headers in letters)
     finally:

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from schemas import InferenceEvent, topics
 from store import Store
 from stream_processors.decode import MAX_FUTURE_US, decode_inference
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.inference_sink import InferenceSink
+from stream_processors.records import Message
 from tests.store_fixtures import chdb_store
 
 __all__ = ["chdb_store"]

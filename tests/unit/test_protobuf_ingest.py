@@ -13,8 +13,9 @@ from benchmarks.pipeline.events import synthetic_events
 from schemas import FeedbackEvent, InferenceEvent
 from store import Store
 from stream_processors.feedback_sink import FeedbackSink
-from stream_processors.inference_sink import InferenceSink, Message
+from stream_processors.inference_sink import InferenceSink
 from stream_processors.protobuf_ingest import sketch_key_sql
+from stream_processors.records import Message
 from stream_processors.sketch import GAMMA, key_of
 from tests.store_fixtures import chdb_store
 

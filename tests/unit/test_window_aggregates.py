@@ -27,7 +27,7 @@ def test_process_rss_is_the_max_per_replica_and_round_trips_through_the_store(ch
 
 
 def test_merging_partial_rows_keeps_the_highest_cumulative_totals_not_their_sum() -> None:
-    from stream_processors.inference_sink import WindowState
+    from stream_processors.window_rows import WindowState
 
     a = WindowState(requests=3, producer_dropped=5, producer_spooled=7, process_rss_max_bytes=100)
     b = WindowState(requests=2, producer_dropped=4, producer_spooled=9, process_rss_max_bytes=300)

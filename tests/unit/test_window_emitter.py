@@ -7,9 +7,11 @@ import random
 
 from schemas import WindowAggregate, topics
 from store import Store
-from stream_processors.inference_sink import InferenceSink, Message, WindowState
+from stream_processors.inference_sink import InferenceSink
+from stream_processors.records import Message
 from stream_processors.sketch import LatencySketch
 from stream_processors.window_emitter import WindowEmitter, aggregate_message
+from stream_processors.window_rows import WindowState
 from tests.store_fixtures import chdb_store
 from tests.window_aggregate_checks import event, window_now
 

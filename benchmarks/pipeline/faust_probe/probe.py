@@ -204,7 +204,7 @@ async def _child_aiokafka(args: argparse.Namespace, meter: Meter) -> None:
 def _child_faust(args: argparse.Namespace, variant: Variant, meter: Meter, out: Path) -> None:
     import faust
 
-    from stream_processors import faust_batching as batching
+    from stream_processors import faust_adapter as batching
 
     datadir = tempfile.mkdtemp(prefix="faust-probe-")
     app = faust.App(
