@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-from store.base import QueryError, QueryResult, Store, StoreError, StoreUnavailableError
+from store.base import QueryError, QueryResult, RejectedDataError, Store, StoreError, StoreUnavailableError
 from store.migrations import migrate
 from store.url import StoreUrl, StoreUrlError, parse_store_url
 
 __all__ = [
     "QueryError",
     "QueryResult",
+    "RejectedDataError",
     "Store",
     "StoreError",
     "StoreUnavailableError",
@@ -28,17 +29,17 @@ __all__ = [
 def open_store(url: str) -> Store:
     """A store for ``url`` (not yet connected).
 
-    For ``chdb://`` the running store daemon of that directory is used when there is one, else chDB is
-    opened in this process (which then owns the directory until ``close``).
+    For ``chdb://`` the store daemon of that directory is used when it runs or has run before (a stopped one is
+    waited for: calls raise ``StoreUnavailableError`` until it is back), else chDB is opened in this process
+    (which then owns the directory until ``close``).
     """
     parsed = parse_store_url(url)
     if parsed.scheme == "chdb":
         assert parsed.path is not None
-        from store.daemon import ChdbDaemonStore, find_daemon
+        from store.daemon import ChdbDaemonStore, has_daemon
 
-        daemon = find_daemon(parsed.path)
-        if daemon is not None:
-            return ChdbDaemonStore(parsed.path, parsed.database, *daemon)
+        if has_daemon(parsed.path):  # running, or it ran before: it is restarted, never locked out by us
+            return ChdbDaemonStore(parsed.path, parsed.database)
         from store.chdb_local import ChdbStore
 
         return ChdbStore(parsed.path, parsed.database)

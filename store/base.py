@@ -7,6 +7,7 @@ Backends convert to their own wire types.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -21,11 +22,40 @@ class StoreUnavailableError(StoreError):
 
 
 class QueryError(StoreError):
-    """The store rejected a statement; ``sql`` holds it and the message holds the server's reason."""
+    """The store rejected a statement; ``sql`` holds it and the message holds the server's reason. It may pass on
+    a retry (a server still loading its tables, a memory or parts limit hit): callers that must not lose data
+    retry it; only ``RejectedDataError`` says the data itself is at fault."""
 
     def __init__(self, message: str, sql: str) -> None:
         super().__init__(message)
         self.sql = sql
+
+
+class RejectedDataError(QueryError):
+    """The store refused the data of a statement (a type mismatch, a value it cannot parse, convert or hold):
+    the same data fails again however often it is retried. The worker isolates such a record and dead-letters it
+    (``stream_processors.pipeline``)."""
+
+
+# ClickHouse error codes that mean "this data", the same on the server (18.16) and in chDB: CANNOT_PARSE_TEXT,
+# CANNOT_PARSE_QUOTED_STRING, CANNOT_PARSE_INPUT_ASSERTION_FAILED, CANNOT_PARSE_DATE, CANNOT_PARSE_DATETIME,
+# ILLEGAL_TYPE_OF_ARGUMENT, TYPE_MISMATCH, ARGUMENT_OUT_OF_BOUND, CANNOT_CONVERT_TYPE, CANNOT_PARSE_NUMBER,
+# INCORRECT_DATA, TOO_LARGE_STRING_SIZE, SIZES_OF_ARRAYS_DONT_MATCH, VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE.
+DATA_ERROR_CODES: frozenset[int] = frozenset({6, 26, 27, 38, 41, 43, 53, 69, 70, 72, 117, 131, 190, 321})
+
+
+def query_error(message: str, sql: str, code: int | None = None) -> QueryError:
+    """The error for a statement the engine refused: ``RejectedDataError`` when its code (given, or read from a
+    ``Code: N.`` message) is one of ``DATA_ERROR_CODES``."""
+    if code is None:
+        m = _CODE.search(message)
+        code = int(m.group(1)) if m else None
+    if code is not None and code in DATA_ERROR_CODES:
+        return RejectedDataError(message, sql)
+    return QueryError(message, sql)
+
+
+_CODE = re.compile(r"\bCode: (\d+)\b")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from store.arrow import to_arrow
-from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError
+from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError, query_error
 
 
 class ChdbStore:
@@ -112,7 +112,7 @@ class ChdbStore:
             try:
                 result = self._session.query(sql, fmt)
             except Exception as exc:
-                raise QueryError(str(exc), sql) from exc
+                raise query_error(str(exc), sql) from exc
         data: bytes = result.bytes() if result is not None else b""
         return data
 

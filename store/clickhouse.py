@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from clickhouse_driver import Client, errors
 
-from store.base import QueryError, QueryResult, StoreUnavailableError
+from store.base import QueryError, QueryResult, RejectedDataError, StoreUnavailableError, query_error
 
 DEFAULT_PORT = 9000
 DEFAULT_DATABASE = "default"  # exists on every server: used to create the store's database
@@ -168,7 +168,7 @@ class ClickHouseServerStore:
         try:
             return client.execute(sql, *args, **kwargs)
         except errors.ServerException as exc:
-            raise QueryError(_server_message(exc), sql) from exc
+            raise query_error(_server_message(exc), sql, code=exc.code) from exc
         except _NETWORK_ERRORS as exc:
             client.disconnect()  # the driver reconnects on the next execute
             what = "cannot connect to" if connecting else "lost the connection to"
@@ -179,7 +179,7 @@ class ClickHouseServerStore:
         except (TypeError, ValueError, OverflowError, AttributeError) as exc:
             # values the driver cannot encode; a half-sent INSERT leaves the connection unusable
             client.disconnect()
-            raise QueryError(f"cannot encode the data: {type(exc).__name__}: {exc}", sql) from exc
+            raise RejectedDataError(f"cannot encode the data: {type(exc).__name__}: {exc}", sql) from exc
 
     def _connected(self) -> Client:
         if self._client is None:
@@ -238,7 +238,7 @@ class ClickHouseServerStore:
                     try:
                         data[i] = [writer(value) for value in data[i]]
                     except (TypeError, ValueError, OverflowError) as exc:
-                        raise QueryError(f"column {name} ({types[name]}): {exc}", sql) from exc
+                        raise RejectedDataError(f"column {name} ({types[name]}): {exc}", sql) from exc
             self._run(client, sql, data, columnar=True)
         return count
 

@@ -2,7 +2,15 @@
 
 chDB locks its data directory to one process, but the model servers' workers, ``recwatch sql`` and later the
 trainer all need the store at once. ``recwatch infra up`` starts this daemon; ``store.open_store`` finds it
-through ``<data dir>.daemon.json`` and talks to it with ``ChdbDaemonStore``. Protocol (loopback only):
+through ``<data dir>.daemon.json`` and talks to it with ``ChdbDaemonStore``.
+
+The address survives a restart: the first start picks a free loopback port and records it in
+``<data dir>.daemon.port``; every later start binds that port again. Clients look the address up again whenever a
+connection fails, so a worker, the alerter or ``recwatch sql`` go on after the daemon is restarted (``recwatch infra
+up``) without being restarted; while it is down they get ``StoreUnavailableError`` (the worker waits it out). Once a
+directory has had a daemon, ``open_store`` never opens it in-process (that would lock the daemon out).
+
+Protocol (loopback only):
 
 - ``GET  /ping``                      -> ``{"version": "26.9.2.1", "database": "recwatch"}``
 - ``POST /execute`` body: SQL         -> 204
@@ -32,12 +40,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from store.arrow import to_arrow
-from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError
+from store.base import QueryError, QueryResult, StoreError, StoreUnavailableError, query_error
 from store.chdb_local import ChdbStore, arrow_insert_sql, arrow_ipc, parse_json_compact, parse_version, write_input
 
 
 def address_file(path: Path) -> Path:
     return Path(f"{path}.daemon.json")
+
+
+def port_file(path: Path) -> Path:
+    """The port recorded by the first daemon of ``path``: every later one binds it again."""
+    return Path(f"{path}.daemon.port")
+
+
+def has_daemon(path: Path) -> bool:
+    """Whether ``path`` is served by a daemon, now or before (then it is restarted, not opened in-process)."""
+    return port_file(path).exists() or find_daemon(path) is not None
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -105,11 +123,30 @@ class _DaemonServer(ThreadingHTTPServer):
         self.version = ".".join(map(str, store.server_version()))
 
 
-def serve(path: Path, database: str, host: str = "127.0.0.1", port: int = 0) -> None:
-    """Own ``path`` until SIGTERM/SIGINT; the address file exists exactly while requests are served."""
+def serve(path: Path, database: str, host: str = "127.0.0.1", port: int | None = None) -> None:
+    """Own ``path`` until SIGTERM/SIGINT; the address file exists exactly while requests are served. ``port``:
+    None binds the port recorded for ``path`` (a free one at the first start, then recorded)."""
+    recorded = port_file(path)
+    if port is None:
+        try:
+            port = int(recorded.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            port = 0
     store = ChdbStore(path, database)
     store.connect()
-    server = _DaemonServer((host, port), store)
+    try:
+        server = _DaemonServer((host, port), store)
+    except OSError as exc:
+        store.close()
+        raise SystemExit(
+            f"store daemon: cannot bind {host}:{port} (recorded in {recorded} for {path}): {exc}; "
+            f"stop what uses the port, or delete {recorded} to pick a new one (clients look the address up again)"
+        ) from exc
+    bound = int(server.server_address[1])
+    if bound != port or not recorded.exists():
+        tmp_port = recorded.with_suffix(".tmp")
+        tmp_port.write_text(f"{bound}\n")
+        tmp_port.replace(recorded)
     addr = address_file(path)
     tmp = addr.with_suffix(".tmp")
     tmp.write_text(json.dumps({"host": host, "port": server.server_address[1], "pid": os.getpid()}))
@@ -139,17 +176,33 @@ def find_daemon(path: Path) -> tuple[str, int] | None:
 
 
 class ChdbDaemonStore:
-    """A client of the store daemon; same contract as ``ChdbStore``. Thread-safe (a connection per thread)."""
+    """A client of the store daemon; same contract as ``ChdbStore``. Thread-safe (a connection per thread).
 
-    def __init__(self, path: Path, database: str, host: str, port: int, timeout_s: float = 60.0) -> None:
+    The daemon's address is looked up (``find_daemon``) when a connection is opened, so a restarted daemon is
+    found again; while none runs, every call raises ``StoreUnavailableError``."""
+
+    def __init__(self, path: Path, database: str, timeout_s: float = 60.0) -> None:
         self.path = path
         self.database = database
         self.url = f"chdb://{path}?database={database}"
-        self.host = host
-        self.port = port
+        self.host = ""
+        self.port = 0
         self.timeout_s = timeout_s
         self._local = threading.local()
         self._types: dict[str, dict[str, str]] = {}
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            address = find_daemon(self.path)
+            if address is None:
+                raise StoreUnavailableError(
+                    f"the chDB store daemon for {self.path} is not running (`recwatch infra up` starts it)"
+                )
+            self.host, self.port = address
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+            self._local.conn = conn
+        return conn
 
     def connect(self) -> None:
         info = json.loads(self._request("GET", "/ping", b""))
@@ -203,11 +256,8 @@ class ChdbDaemonStore:
         return outputs
 
     def _request(self, method: str, path: str, body: bytes, sql: str = "") -> bytes:
-        for attempt in (0, 1):  # one retry on a connection the daemon closed while idle
-            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-            if conn is None:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                self._local.conn = conn
+        for attempt in (0, 1):  # one retry on a connection the daemon closed while idle (or a restarted daemon)
+            conn = self._connection()
             try:
                 conn.request(method, path, body=body)
                 resp = conn.getresponse()
@@ -223,7 +273,7 @@ class ChdbDaemonStore:
             reply = json.loads(data or b"{}")
             error = reply.get("error", data.decode(errors="replace"))
             if resp.status == 400:
-                raise QueryError(error, reply.get("sql") or sql)
+                raise query_error(error, reply.get("sql") or sql)
             raise StoreUnavailableError(f"store daemon at {self.host}:{self.port}: {error}")
         raise AssertionError("unreachable")
 
@@ -232,7 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m store.daemon", description=__doc__.split("\n\n")[0])
     parser.add_argument("--path", type=Path, required=True, help="chDB data directory")
     parser.add_argument("--database", default="recwatch")
-    parser.add_argument("--port", type=int, default=0, help="loopback port (0: any free port)")
+    parser.add_argument(
+        "--port", type=int, help="loopback port (default: the one recorded at the first start; 0: any free port)"
+    )
     args = parser.parse_args(argv)
     serve(args.path.absolute(), args.database, port=args.port)
 

@@ -18,9 +18,11 @@ Faults are waited out, never crashed on:
   sinks forget the batches' partitions, and the batches are retried in order, one at a time, after a capped
   exponential backoff (``Backoff``; logged once per outage, counted in ``PipelineStats``). The source is not
   read meanwhile (its partitions stay paused: ``process`` does not return) and nothing is marked;
-- a batch the store keeps rejecting (``QueryError`` ``poison_after`` times in a row: a statement that retrying
-  will not fix) is split in halves until the rejected record is alone; that record goes to the dead-letter topic
-  with the store's reason (``store-rejected: ...``), awaited, and then counts as done;
+- a batch whose data the store refuses (``RejectedDataError`` ``poison_after`` times in a row: a type mismatch, a
+  value it cannot hold; retrying will not fix it) is split in halves until the rejected record is alone; that
+  record goes to the dead-letter topic with the store's reason (``store-rejected: ...``), awaited, and then counts
+  as done. Any other ``QueryError`` (a server still loading, a limit hit) is retried like an outage: a store
+  error never dead-letters data unless the store blames the data;
 - a rebalance (``revoke``): queued batches that are not done are dropped unmarked (the partitions' new owner, or
   this worker after the reassignment, reads them again from the committed offsets: Kafka's eager rebalance
   protocol revokes every partition) and the sinks forget the partitions.
@@ -50,7 +52,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from store.base import QueryError, StoreError
+from store.base import RejectedDataError, StoreError
 from stream_processors.decode import Rejected
 from stream_processors.records import Record
 
@@ -187,6 +189,11 @@ class PipelineStats:
     first_seen: dict[int, int] = field(default_factory=dict)  # partition -> first offset queued (for the lag)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class _Abandoned(StoreError):
     """A completion that did not run because an earlier batch's completion failed (its state is gone)."""
 
@@ -211,7 +218,7 @@ class _Batch:
     records: Sequence[Record]
     partitions: frozenset[int]
     future: asyncio.Future[Written] | None = None  # set once staged: the completion
-    rejections: int = 0  # QueryErrors in a row
+    rejections: int = 0  # RejectedDataErrors in a row
 
 
 class Pipeline(Generic[S]):
@@ -346,6 +353,9 @@ class Pipeline(Generic[S]):
             raise _BatchFailed(batch, exc) from exc
         await self._send_dead_letters(self.sink.staged_rejects(staged))
         batch.future = loop.run_in_executor(self._sink_executor, self._complete, staged)
+        # an error is read where the batch is finished or settled; a future dropped unread (a bug propagating, a
+        # cancelled worker) must not log "exception was never retrieved" from whatever thread collects it
+        batch.future.add_done_callback(_retrieve)
 
     def _complete(self, staged: S) -> Written:  # on the sink thread, in batch order
         if self._broken:
@@ -440,7 +450,7 @@ class Pipeline(Generic[S]):
         await self._settle()
         touched = sorted({p for b in self._queue for p in b.partitions})
         await self._in_sink(self._forget, touched)
-        if isinstance(error, QueryError) and batch in self._queue:
+        if isinstance(error, RejectedDataError) and batch in self._queue:
             batch.rejections += 1
             if batch.rejections >= self.poison_after:
                 await self._isolate(batch, error)
@@ -450,7 +460,7 @@ class Pipeline(Generic[S]):
         stats.retries += 1
         await self._sleep(self.backoff.delay(self._failures))
 
-    async def _isolate(self, batch: _Batch, error: QueryError) -> None:
+    async def _isolate(self, batch: _Batch, error: RejectedDataError) -> None:
         """A batch the store keeps rejecting: split it, or dead-letter its one record."""
         q = self._queue
         at = q.index(batch)

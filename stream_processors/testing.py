@@ -20,7 +20,7 @@ import collections
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from store.base import QueryError, StoreUnavailableError
+from store.base import RejectedDataError, StoreError, StoreUnavailableError
 from stream_processors.decode import Rejected
 from stream_processors.pipeline import Take, Written
 from stream_processors.records import Message, Record
@@ -150,14 +150,16 @@ class TestingSink:
     records, visibly in ``counted``.
 
     ``fail(op, n)`` is asked before the ``n``-th call (1-based, per op: "prepare", "stage", "complete") and raises
-    ``StoreUnavailableError`` when true; records whose value starts with ``b"poison"`` make ``complete`` raise
-    ``QueryError`` (a statement the store rejects); values starting with ``b"bad"`` are rejected for the
-    dead-letter topic.
+    ``StoreUnavailableError`` when true (or the ``StoreError`` it returns); records whose value starts with
+    ``b"poison"`` make ``complete`` raise ``RejectedDataError`` (data the store refuses); values starting with
+    ``b"bad"`` are rejected for the dead-letter topic.
     """
 
     __test__ = False
 
-    def __init__(self, store: TestingStore | None = None, *, fail: Callable[[str, int], bool] | None = None) -> None:
+    def __init__(
+        self, store: TestingStore | None = None, *, fail: Callable[[str, int], bool | StoreError] | None = None
+    ) -> None:
         self.store = store or TestingStore()
         self.fail = fail
         self.calls: collections.Counter[str] = collections.Counter()
@@ -174,7 +176,10 @@ class TestingSink:
 
     def _call(self, op: str) -> None:
         self.calls[op] += 1
-        if self.fail is not None and self.fail(op, self.calls[op]):
+        failure = self.fail(op, self.calls[op]) if self.fail is not None else False
+        if isinstance(failure, StoreError):
+            raise failure
+        if failure:
             raise StoreUnavailableError(f"testing store: {op} #{self.calls[op]} fails")
 
     def knows(self, partitions: frozenset[int]) -> bool:
@@ -210,7 +215,7 @@ class TestingSink:
     def complete(self, staged: _Staged) -> Written:
         self._call("complete")
         if any((r.value or b"").startswith(b"poison") for r in staged.records):
-            raise QueryError("testing store: Code: 53. Type mismatch in a poison record", "INSERT ...")
+            raise RejectedDataError("testing store: Code: 53. Type mismatch in a poison record", "INSERT ...")
         progress = self._progress
         counts = dict(self.store.counts)
         new_progress = dict(self.store.progress)

@@ -15,6 +15,7 @@ import pytest
 
 import stream_processors.pipeline
 import stream_processors.testing
+from store.base import RejectedDataError, query_error
 from stream_processors.pipeline import Backoff, Pipeline, Take
 from stream_processors.records import Record
 from stream_processors.testing import (
@@ -173,6 +174,32 @@ def test_a_poison_record_goes_to_the_dead_letter_topic_alone_and_the_rest_is_sto
     assert (1, 20) not in sink.store.raw or sink.store.progress[1] >= 20
     assert sink.counted[1] == PER_PARTITION - 2  # the poison and the bad one
     assert pipeline.stats.dead_letters["store-rejected"] == 1
+
+
+def test_a_store_error_that_does_not_blame_the_data_is_retried_and_dead_letters_nothing() -> None:
+    limit = query_error("Code: 241. DB::Exception: Memory limit (total) exceeded", "INSERT ...")
+    assert not isinstance(limit, RejectedDataError)
+    sink = TestingSink(fail=lambda o, n: limit if o == "complete" and n <= 6 else False)
+    source, dead, pipeline = _run(sink)
+    _expect_exact(sink, source, dead)
+    assert not [r for r in dead.sent if r.reason.startswith("store-rejected")]
+    assert pipeline.stats.store_errors == 6
+
+
+@pytest.mark.parametrize(
+    ("message", "code", "rejected"),
+    [
+        ("Code: 53. DB::Exception: Type mismatch in IN or VALUES section", None, True),
+        ("Code: 6. DB::Exception: Cannot parse string 'x' as UInt64", None, True),
+        ("Code: 241. DB::Exception: Memory limit (total) exceeded", None, False),
+        ("Code: 60. DB::Exception: Table recwatch.inference_events doesn't exist", None, False),
+        ("Code: 252. DB::Exception: Too many parts (300)", None, False),
+        ("Type mismatch", 53, True),
+        ("no code at all", None, False),
+    ],
+)
+def test_only_errors_that_blame_the_data_are_rejected_data(message: str, code: int | None, rejected: bool) -> None:
+    assert isinstance(query_error(message, "SELECT 1", code), RejectedDataError) is rejected
 
 
 def test_dead_letters_are_delivered_before_their_offsets_are_done_while_the_broker_is_down() -> None:
