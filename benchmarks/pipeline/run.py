@@ -78,6 +78,14 @@ def build_parser(prog: str = "recwatch bench pipeline") -> argparse.ArgumentPars
     parser.add_argument(
         "--workdir", type=Path, help="logs, Kafka and store data (default: a temporary dir, removed after a good run)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also run the worker of another checkout (e.g. `git worktree add /tmp/before HEAD~3`), alternating "
+        "with this one's --worker-runs times each on the same events: before/after in one run (no lag phase)",
+    )
+    parser.add_argument("--worker-runs", type=int, default=1, help="worker runs (each; with --baseline: ABAB...)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--save", type=Path, help="also write the JSON object to this file")
     return parser
@@ -191,7 +199,12 @@ class Bench:
             if name in self.consumers:
                 self._raw(decode=name == "decode")
         if "worker" in self.consumers:
-            self._worker()
+            baseline, runs = self.args.baseline, max(1, self.args.worker_runs)
+            for i in range(runs):
+                if baseline is not None:
+                    self._worker(baseline.absolute(), f"baseline worker #{i + 1}", lag=False, run=2 * i)
+                label = "recwatch worker" if baseline is None and runs == 1 else f"recwatch worker #{i + 1}"
+                self._worker(ROOT, label, lag=i == runs - 1 and baseline is None, run=2 * i + 1)
         if quix_python is not None:
             self._quix(quix_python)
         return self.result
@@ -213,10 +226,10 @@ class Bench:
         self.say(f"  skipping {phase}: --max-minutes reached")
         return False
 
-    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Any:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT) -> Any:
         from benchmarks.serving import processes
 
-        proc = processes.start(name, argv, log=self.workdir / "logs" / f"{name}.log", cpus=None, env=env, cwd=ROOT)
+        proc = processes.start(name, argv, log=self.workdir / "logs" / f"{name}.log", cpus=None, env=env, cwd=cwd)
         self.procs.append(proc)
         return proc
 
@@ -256,24 +269,29 @@ class Bench:
         self.result.rows.append(row)
         self.say(f"  {row.name:<22} {row.events_per_s:10,.0f} events/s")
 
-    def _worker(self) -> None:
+    def _worker(self, tree: Path = ROOT, label: str = "recwatch worker", lag: bool = True, run: int = 0) -> None:
+        """One worker run of ``tree``'s code (its own store daemon too) over the events, in a fresh store."""
         from store import migrate, open_store
         from store.daemon import find_daemon
 
-        if not self._left("worker"):
+        if not self._left(label):
             return
-        path = self.home / "store" / "chdb"
+        path = self.home / "store" / f"chdb-{run}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        daemon = self._start("store-daemon", [sys.executable, "-m", "store.daemon", "--path", str(path)])
+        env = {"PYTHONPATH": str(tree)}
+        daemon = self._start(
+            f"store-daemon-{run}", [sys.executable, "-m", "store.daemon", "--path", str(path)], env=env, cwd=tree
+        )
         _wait(lambda: find_daemon(path) is not None, daemon, 60)
         url = f"chdb://{path}"
         store = open_store(url)
         store.connect()
         migrate(store)
         argv = [sys.executable, "-m", "benchmarks.pipeline.worker", "--bootstrap", self.bootstrap, "--store", url]
-        argv += ["--topic", self.topic, "--group", f"bench-worker-{self.run_id}", "--data-dir", str(self.home / "w")]
+        group = f"bench-worker-{self.run_id}-{run}"
+        argv += ["--topic", self.topic, "--group", group, "--data-dir", str(self.home / f"w{run}")]
         spawned = time.monotonic()
-        worker = self._start("worker", argv)
+        worker = self._start(f"worker-{run}", argv, env=env, cwd=tree)
         broker_pid = _broker_pid(self.home) if self.kafka_managed else None
 
         def cpu() -> tuple[float, float, float]:
@@ -282,7 +300,6 @@ class Bench:
         samples: list[tuple[float, int, tuple[float, float, float]]] = []
         profiler: subprocess.Popen[bytes] | None = None
         total = self.args.events
-        group = f"bench-worker-{self.run_id}"
         try:
             # The clock starts when the group owns every partition (start-up excluded): the worker may take the
             # whole backlog in a few large batches, so "first rows visible" would come too late to start it.
@@ -316,13 +333,15 @@ class Bench:
             spent = [b - a for a, b in zip(first[2], last[2], strict=True)]
             self.result.cpu_s = {"worker": spent[0], "store_daemon": spent[1], "broker": spent[2]}
             note = "Faust + sink: raw rows and 10 s aggregates inserted into chDB (daemon)"
-            row = Row("recwatch worker", events, seconds, note, cpu_s=spent[0])
+            if tree != ROOT:
+                note = f"the same, code of {tree}"
+            row = Row(label, events, seconds, note, cpu_s=spent[0])
             self.result.rows.append(row)
             self.say(
                 f"  {row.name:<22} {row.events_per_s:10,.0f} events/s (start-up {self.result.worker_startup_s:.1f} s;"
                 f" cpu s: worker {spent[0]:.1f}, store daemon {spent[1]:.1f}, broker {spent[2]:.1f})"
             )
-            if self.args.lag_seconds > 0 and self._left("lag"):
+            if lag and self.args.lag_seconds > 0 and self._left("lag"):
                 rate = self.args.lag_rate or min(MAX_LAG_RATE, max(500.0, row.events_per_s / 2))
                 self.result.lag = self._lag(store, rate)
         finally:
@@ -450,14 +469,19 @@ def _broker_pid(home: Path) -> int | None:
 
 
 def _rate(result: Result, name: str) -> float | None:
-    row = next((r for r in result.rows if r.name == name), None)
-    return round(row.events_per_s, 1) if row else None
+    """The row's events/s; for a worker measured several times (``name #1``, ``#2``, ...), the median."""
+    rates = sorted(r.events_per_s for r in result.rows if r.name == name or r.name.startswith(f"{name} #"))
+    if not rates:
+        return None
+    mid = len(rates) // 2
+    return round(rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2, 1)
 
 
 def as_json(result: Result, args: Any) -> dict[str, Any]:
     lag = result.lag
     return {
         "worker_events_per_s": _rate(result, "recwatch worker"),
+        "baseline_worker_events_per_s": _rate(result, "baseline worker"),
         "raw_consume_events_per_s": _rate(result, "raw consume"),
         "raw_decode_events_per_s": _rate(result, "raw consume + decode"),
         "quixstreams_events_per_s": _rate(result, "quixstreams"),
@@ -492,6 +516,14 @@ def report(result: Result, args: Any) -> str:
     if worker is not None:
         verdict = "PASS" if worker >= stats.TARGET_EVENTS_PER_S else "FAIL"
         out.append(f"{verdict}: recwatch worker {worker:,.0f} events/s vs target {stats.TARGET_EVENTS_PER_S:,.0f}")
+    baseline = _rate(result, "baseline worker")
+    if worker is not None and baseline is not None:
+        change = worker / baseline - 1
+        out.append(
+            f"{'within 5 %' if change >= -0.05 else 'SLOWER by more than 5 %'}: recwatch worker {worker:,.0f} "
+            f"events/s (median of its runs) vs the baseline's {baseline:,.0f} ({change:+.1%}), runs alternated on "
+            "the same events"
+        )
     for name, reason in result.skipped.items():
         out.append(f"skipped {name}: {reason}")
     out.append(
