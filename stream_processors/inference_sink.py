@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from schemas import InferenceEvent
 from store.base import InputStore, Store, StoreError
+from store.sql import string_literal
 from stream_processors.decode import Rejected, decode_inference
 from stream_processors.protobuf_ingest import ParseFailed, PredictionColumns, ingest, rebuild_deltas
 from stream_processors.records import Record
@@ -205,7 +206,7 @@ class InferenceSink:
             values = {(m.partition, m.offset): m.value or b"" for m in framed}
             result.rejected.extend(Rejected(self.topic, p, o, values[(p, o)], r) for p, o, r in out.rejected)
             result.rejected.sort(key=lambda r: (r.partition, r.offset))
-        result.events_written, result.duplicates_skipped = out.written, out.seen
+        result.events_written, result.duplicates_skipped = out.written, out.seen  # (copies are among the seen)
         result.predictions = out.predictions
         for p, (event_us, offset) in out.folded.items():  # what the next stage() starts from
             if event_us > self._max_event_us.get(p, -1):
@@ -259,16 +260,20 @@ class InferenceSink:
         new_events: list[tuple[Record, InferenceEvent]] = []
         high_water = self._high_waters({m.partition for m in messages})
         for msg in messages:
-            seen = msg.offset <= high_water[msg.partition]
             decoded = decode_inference(msg.value)
             if isinstance(decoded, str):  # (also when redelivered: see ``BatchResult.rejected``)
                 result.rejected.append(Rejected(self.topic, msg.partition, msg.offset, msg.value or b"", decoded))
                 continue
             decoded_events.append((msg, decoded))
-            if seen:
+        copies = self._copies(decoded_events)
+        if copies:
+            decoded_events = [(m, ev) for m, ev in decoded_events if (m.partition, m.offset) not in copies]
+            result.duplicates_skipped += len(copies)
+        for msg, ev in decoded_events:
+            if msg.offset <= high_water[msg.partition]:
                 result.duplicates_skipped += 1
             else:
-                new_events.append((msg, decoded))
+                new_events.append((msg, ev))
         if new_events:
             self.store.insert("inference_events", _event_columns(new_events))
             result.events_written = len(new_events)
@@ -277,6 +282,44 @@ class InferenceSink:
                 self._high_water[msg.partition] = msg.offset
         result.decoded = decoded_events
         return result
+
+    def _copies(self, events: Sequence[tuple[Record, InferenceEvent]]) -> set[tuple[int, int]]:
+        """(partition, offset) of the events that are a later copy of an event: the same ``event_id`` in the same
+        partition at a lower offset, stored or in this batch (a model server that lost Kafka's acknowledgement of
+        an event it had sent spools and sends it again). As ``protobuf_ingest._copies_sql``: only events not
+        newer than every earlier one of their partition can be copies, and only those are looked up."""
+        running = dict(self._max_event_us)
+        first: dict[tuple[int, str], int] = {}
+        copies: set[tuple[int, int]] = set()
+        suspects: list[tuple[Record, InferenceEvent]] = []
+        for msg, ev in events:
+            p, t = msg.partition, ev.received_us
+            key = (p, ev.event_id)
+            if key in first:
+                copies.add((p, msg.offset))
+                continue
+            first[key] = msg.offset
+            if t <= running.get(p, 0):
+                suspects.append((msg, ev))
+            else:
+                running[p] = t
+        for start in range(0, len(suspects), 1000):  # (18.16's query size limit: 256 KiB)
+            chunk = suspects[start : start + 1000]
+            times = [ev.received_us // 1_000_000 for _, ev in chunk]
+            models = ", ".join(string_literal(m) for m in sorted({ev.model for _, ev in chunk}))
+            ids = ", ".join(string_literal(ev.event_id) for _, ev in chunk)
+            partitions = ", ".join(str(p) for p in sorted({m.partition for m, _ in chunk}))
+            rows = self.store.query(
+                "SELECT kafka_partition, event_id, min(kafka_offset) FROM inference_events "
+                f"WHERE model IN ({models}) AND event_time >= toDateTime({min(times)}) "
+                f"AND event_time <= toDateTime({max(times)}) AND event_id IN ({ids}) "
+                f"AND kafka_partition IN ({partitions}) GROUP BY kafka_partition, event_id"
+            ).rows
+            stored = {(int(p), str(i)): int(o) for p, i, o in rows}
+            for msg, ev in chunk:
+                if stored.get((msg.partition, ev.event_id), msg.offset) < msg.offset:
+                    copies.add((msg.partition, msg.offset))
+        return copies
 
     def _high_waters(self, partitions: set[int]) -> dict[int, int]:
         """The highest offset stored in ``inference_events`` per partition (read once per partition, together)."""

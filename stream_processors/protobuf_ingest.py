@@ -243,10 +243,11 @@ _PREDICTION_SELECT: Final = (
 class IngestResult:
     rejected: list[tuple[int, int, str]]  # (partition, offset, reason) of every rejected row, redelivered ones too
     written: int  # rows inserted into inference_events
-    seen: int  # valid rows at or below the high-water (redelivered)
+    seen: int  # valid rows at or below the high-water (redelivered), and copies
     deltas: dict[WindowKey, WindowState]
     folded: dict[int, tuple[int, int]]  # partition -> (max event time, max offset) of the rows in the deltas
     predictions: PredictionColumns
+    copies: int = 0  # later copies of an event (same event_id): neither stored nor counted again
 
 
 class ParseFailed(Exception):
@@ -311,6 +312,9 @@ def ingest(
     new = _per_partition("kafka_offset >", high_water, -1)
     unfolded = _per_partition("kafka_offset >", progress, -1)
     seed = _per_partition("", max_event_us, 0)
+    valid = (
+        f"reason = '' AND (kafka_partition, kafka_offset) NOT IN (SELECT kafka_partition, kafka_offset FROM {stg}_c)"
+    )
     statements: list[tuple[str, str]] = [
         (
             f"CREATE TABLE {stg} ENGINE = Memory AS SELECT {_staging_select(now_us)} "
@@ -318,6 +322,7 @@ def ingest(
             f"SETTINGS format_schema = '{SCHEMA}:InferenceEnvelope'",
             "",
         ),
+        *_copies_sql(stg, seed),
         (
             f"SELECT kafka_partition, kafka_offset, reason FROM {stg} WHERE reason != '' "
             f"ORDER BY kafka_partition, kafka_offset {_ONE_THREAD}",
@@ -325,12 +330,12 @@ def ingest(
         ),
         (
             f"INSERT INTO inference_events ({', '.join(RAW_COLUMNS)}) SELECT {_flat(RAW_COLUMNS)} FROM {stg} "
-            f"WHERE reason = '' AND {new} SETTINGS optimize_on_insert = 0",
+            f"WHERE {valid} AND {new} SETTINGS optimize_on_insert = 0",
             "",
         ),
         (
             _delta_sql(
-                f"(SELECT {_flat(_DELTA_COLUMNS)} FROM {stg} WHERE reason = '' AND {unfolded})",
+                f"(SELECT {_flat(_DELTA_COLUMNS)} FROM {stg} WHERE {valid} AND {unfolded})",
                 "1",
                 seed,
                 window_s,
@@ -339,25 +344,62 @@ def ingest(
             "JSONCompact",
         ),
         (
-            f"SELECT {_PREDICTION_SELECT} FROM {stg} WHERE reason = '' ORDER BY kafka_partition, kafka_offset "
+            f"SELECT {_PREDICTION_SELECT} FROM {stg} WHERE {valid} ORDER BY kafka_partition, kafka_offset "
             f"{_ONE_THREAD}",
             "ArrowStream",
         ),
+        (f"SELECT count() FROM {stg}_c", "JSONCompact"),
     ]
+    cleanup = [f"DROP TABLE IF EXISTS {stg}", f"DROP TABLE IF EXISTS {stg}_s", f"DROP TABLE IF EXISTS {stg}_c"]
     try:
-        out = store.run_over_input(frame(messages), statements, cleanup=[f"DROP TABLE IF EXISTS {stg}"])
+        out = store.run_over_input(frame(messages), statements, cleanup=cleanup)
     except QueryError as exc:
         if exc.sql.startswith(f"CREATE TABLE {stg} "):
             raise ParseFailed(str(exc)) from exc
         raise
-    rejected = [(int(p), int(o), str(r)) for p, o, r in _rows(out[1])]
-    deltas, folded = _deltas(_rows(out[3]))
-    predictions = _predictions(out[4])
+    rejected = [(int(p), int(o), str(r)) for p, o, r in _rows(out[3])]
+    deltas, folded = _deltas(_rows(out[5]))
+    predictions = _predictions(out[6])
     written = sum(
         end - predictions.first_after(start, end, high_water[p])
         for p, (start, end) in predictions.partition_slices().items()
     )
-    return IngestResult(rejected, written, len(predictions) - written, deltas, folded, predictions)
+    copies = int(_rows(out[7])[0][0])
+    return IngestResult(rejected, written, len(predictions) - written + copies, deltas, folded, predictions, copies)
+
+
+def _copies_sql(stg: str, seed: str) -> list[tuple[str, str]]:
+    """Two statements: ``{stg}_c`` = (partition, offset) of the staged events that are a later copy of an event
+    (same ``event_id`` in the same partition at a lower offset, stored or staged). A model server that lost
+    Kafka's acknowledgement of an event it had sent (a broker killed mid-request) spools and sends it again: a
+    copy at a new offset, which offsets alone cannot tell from a new event. Only events not newer than every
+    earlier one of their partition can be copies (a copy follows its original, which has its time): the lookup
+    touches those, within their time range, and nothing for a stream in time order."""
+    suspects = (
+        f"CREATE TABLE {stg}_s ENGINE = Memory AS SELECT kafka_partition, kafka_offset, event.event_id AS id, "
+        "event.model AS m, event.received_us AS t FROM (SELECT kafka_partition, kafka_offset, reason, event, "
+        "max(event.received_us) OVER (PARTITION BY kafka_partition ORDER BY kafka_offset ROWS BETWEEN UNBOUNDED "
+        f"PRECEDING AND 1 PRECEDING) AS before FROM {stg}) WHERE reason = '' AND event.received_us <= "
+        f"greatest(before, {seed}) {_ONE_THREAD}"
+    )
+    firsts = (
+        "SELECT id, p, min(o) AS first FROM ("
+        "SELECT event_id AS id, kafka_partition AS p, kafka_offset AS o FROM inference_events "
+        f"WHERE model IN (SELECT m FROM {stg}_s) "
+        f"AND event_time >= toDateTime(intDiv((SELECT min(t) FROM {stg}_s), 1000000)) "
+        f"AND event_time <= toDateTime(intDiv((SELECT max(t) FROM {stg}_s), 1000000)) "
+        f"AND event_id IN (SELECT id FROM {stg}_s) "
+        "UNION ALL "
+        f"SELECT event.event_id AS id, kafka_partition AS p, kafka_offset AS o FROM {stg} "
+        f"WHERE reason = '' AND event.event_id IN (SELECT id FROM {stg}_s)"
+        ") GROUP BY id, p"
+    )
+    copies = (
+        f"CREATE TABLE {stg}_c ENGINE = Memory AS SELECT s.kafka_partition AS kafka_partition, "
+        f"s.kafka_offset AS kafka_offset FROM {stg}_s AS s INNER JOIN ({firsts}) AS f "
+        "ON s.id = f.id AND s.kafka_partition = f.p WHERE s.kafka_offset > f.first"
+    )
+    return [(suspects, ""), (copies, "")]
 
 
 def rebuild_deltas(

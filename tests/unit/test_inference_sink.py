@@ -135,3 +135,31 @@ def test_errors_and_latency_per_model_version(chdb_store: Store) -> None:
         "SELECT version, requests, errors, latency_mean_us, latency_max_us FROM inference_metrics_10s ORDER BY version"
     ).rows
     assert rows == [(1, 2, 1, 200.0, 300), (2, 1, 0, 50.0, 50)]
+
+
+@pytest.mark.parametrize("fast_path", [None, False], ids=["engine", "python"])
+def test_a_copy_of_an_event_at_a_new_offset_is_neither_stored_nor_counted_again(
+    chdb_store: Store, fast_path: bool | None
+) -> None:
+    """A model server that lost Kafka's acknowledgement of an event it had sent (the broker killed mid-request)
+    spools it and sends the same bytes again: a copy at a later offset of the same partition, in a later batch
+    or in the same one. One stored row and one window count per event_id, also after a redelivery."""
+    sink = InferenceSink(chdb_store, topic=topics.INFERENCE, fast_path=fast_path)
+    first = [Message(0, o, _event(o, second=o % 25)) for o in range(40)]
+    sink.write_batch(first)
+    # offsets 40..: live events interleaved with copies of events 5, 17 (earlier batch) and 41 (this batch)
+    later = [
+        Message(0, 40, _event(40, second=20)),
+        Message(0, 41, _event(41, second=21)),
+        Message(0, 42, _event(5, second=5)),
+        Message(0, 43, _event(42, second=22)),
+        Message(0, 44, _event(17, second=17)),
+        Message(0, 45, _event(41, second=21)),
+        Message(0, 46, _event(43, second=10)),  # older than the partition's newest, but no copy: stored
+    ]
+    result = sink.write_batch(later)
+    assert result.events_written == 4
+    assert _totals(chdb_store) == (44, 44, 44)
+    assert sink.write_batch(later).events_written == 0  # redelivered: the same
+    assert InferenceSink(chdb_store, topic=topics.INFERENCE, fast_path=fast_path).write_batch(later).events_written == 0
+    assert _totals(chdb_store) == (44, 44, 44)
