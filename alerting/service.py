@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from google.protobuf.message import DecodeError
 
 from alerting.rules import AlertEvent, AlertRules
+from alerting.worker_health import Offsets, StallRule
 from detection.series import Point, SeriesMonitor
 from schemas import Alert, WindowAggregate, topics
 from store.base import Store, StoreError
@@ -126,6 +127,10 @@ class AlertService:
         business_lookback_s: float = 1800.0,
         auto_offset_reset: str = "earliest",
         watchers: Sequence[AlertWatcher] = (),
+        worker_groups: Sequence[str] = (),
+        worker_stall_s: float = 120.0,
+        worker_check_every_s: float = 10.0,
+        worker_offsets: Callable[[str], Offsets] | None = None,
     ) -> None:
         self.store = store
         self.bootstrap = bootstrap
@@ -141,6 +146,11 @@ class AlertService:
         self.business_lookback_s = business_lookback_s
         self.auto_offset_reset = auto_offset_reset
         self.watchers = list(watchers)
+        self.worker_groups = list(worker_groups)
+        self.worker_check_every_s = worker_check_every_s
+        self.stall = StallRule(stall_s=worker_stall_s)
+        self._worker_offsets = worker_offsets  # group -> its offsets (default: read from Kafka)
+        self._next_worker_check = 0.0
         self.monitor = SeriesMonitor(threshold)
         self.rules = AlertRules(threshold=threshold, resolve_after=resolve_after)
         self.business_through_s: int | None = None  # last minute start of business_metrics_1m scored
@@ -175,6 +185,8 @@ class AlertService:
             }
         )
         self._consumer.subscribe([self.metrics_topic])
+        if self.worker_groups and self._worker_offsets is None:
+            self._worker_offsets = KafkaGroupOffsets(self.bootstrap)
         for watcher in self.watchers:
             watcher.start()
 
@@ -233,8 +245,9 @@ class AlertService:
             points.extend(more)
         if points:
             self._handle(points)
+        checked = self._check_workers()
         # offsets are committed only once what they produced is delivered and checkpointed
-        if (read or business) and self._checkpoint() and read:
+        if (read or business or checked) and self._checkpoint() and read:
             self._commit()
         self._watch()
         return read
@@ -300,6 +313,25 @@ class AlertService:
         self._last_updated_us = max(self._last_updated_us + 1, int(self.clock() * _US))
         return self._last_updated_us
 
+    def _check_workers(self) -> bool:
+        """``RecwatchWorkerStalled`` for each watched worker group, every ``worker_check_every_s``; True when an
+        alert changed (the stall state is checkpointed then)."""
+        if not self.worker_groups or self._worker_offsets is None or self.clock() < self._next_worker_check:
+            return False
+        now = self.clock()
+        self._next_worker_check = now + self.worker_check_every_s
+        events: list[AlertEvent] = []
+        for group in self.worker_groups:
+            try:
+                offsets = self._worker_offsets(group)
+            except Exception as exc:  # Kafka down: nothing is known, nothing changes
+                log.warning("offsets of worker group %s not read: %s", group, exc)
+                continue
+            events.extend(self.stall.observe(now, group, offsets))
+        if events:
+            self._emit(events)
+        return bool(events)
+
     def _handle(self, points: list[Point]) -> None:
         anomalies = [(p.series, p.anomaly) for p in points if p.anomaly is not None]
         events: list[AlertEvent] = [e for p in points for e in self.rules.step(p)]
@@ -325,8 +357,12 @@ class AlertService:
             for series, a in anomalies:
                 self._produce(self.anomalies_topic, series, a.SerializeToString())
             self.stats.anomalies += len(anomalies)
-        if not events:
-            return
+        if events:
+            self._emit(events)
+
+    def _emit(self, events: Sequence[AlertEvent]) -> None:
+        """Alert changes to the ``alerts`` table, the alerts topic and the notifiers."""
+        now_us = self._now_us()
         alerts = [e.alert for e in events]
         self.store.insert(
             "alerts",
@@ -385,7 +421,7 @@ class AlertService:
             return False
         now_us = self._now_us()
         rows = self.monitor.checkpoint(now_us)
-        state = {"rules": self.rules, "business_through_s": self.business_through_s}
+        state = {"rules": self.rules, "business_through_s": self.business_through_s, "stall": self.stall.to_json()}
         rows.append(
             {
                 "series": _RULES_SERIES,
@@ -427,6 +463,7 @@ class AlertService:
                 self.rules = saved["rules"]
                 self.rules.threshold = self.threshold
                 self.business_through_s = saved["business_through_s"]
+                self.stall = StallRule.from_json(saved.get("stall", {}), stall_s=self.stall.stall_s)
                 continue
             rows.append({"series": name, "detector": detector, "through_us": through_us, "state": state})
         self.monitor.restore(rows)
@@ -438,3 +475,30 @@ def _copy_alert(alert: Alert) -> Alert:
     out = Alert()
     out.CopyFrom(alert)
     return out
+
+
+class KafkaGroupOffsets:
+    """A consumer group's committed and end offsets per partition of the topics it has committed on (Kafka admin
+    API and watermarks; the adapter of ``StallRule``)."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self._admin: Any = None
+        self._consumer: Any = None
+
+    def __call__(self, group: str) -> Offsets:
+        from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
+        from confluent_kafka.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+            self._consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"{group}-lag-reader"})
+        futures = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=10)
+        committed = futures[group].result(timeout=15).topic_partitions
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for tp in committed:
+            if tp.error is not None:
+                continue
+            _, end = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            out[(tp.topic, tp.partition)] = (int(tp.offset), int(end))
+        return out

@@ -21,7 +21,13 @@ class ProducerLike(Protocol):
     """What the logger uses of ``confluent_kafka.Producer`` (``producers.testing.FakeProducer`` has it too)."""
 
     def produce(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None, *, on_delivery: DeliveryCallback
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        *,
+        on_delivery: DeliveryCallback,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None: ...
     def poll(self, timeout: float = -1) -> int: ...
     def flush(self, timeout: float = -1) -> int: ...

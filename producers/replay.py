@@ -21,8 +21,11 @@ from producers.errors import SpoolError
 from producers.librdkafka import PURGED, REJECTED, ProducerLike, is_rejected
 from producers.spool import Record, Spool
 from producers.stats import Counters
+from schemas.topics import REPLAYED_HEADER
 
 log = logging.getLogger(__name__)
+
+_REPLAYED: list[tuple[str, str | bytes | None]] = [(REPLAYED_HEADER, b"1")]
 
 _PER_ROUND = 1000
 """Records handed over per delivery round (~2 ms of Python holding the GIL): request threads wait at most
@@ -81,7 +84,13 @@ class Replayer:
             if i not in segment.done:
                 key, value = segment.records[i]
                 try:
-                    producer.produce(self._topic, value, key, on_delivery=partial(self._on_delivery, segment, i))
+                    producer.produce(
+                        self._topic,
+                        value,
+                        key,
+                        on_delivery=partial(self._on_delivery, segment, i),
+                        headers=_REPLAYED,  # it may be a copy of one Kafka has: the worker checks these
+                    )
                 except BufferError:
                     break
                 except KafkaException as exc:

@@ -68,6 +68,7 @@ class FakeProducer:
         key: bytes | None = None,
         *,
         on_delivery: DeliveryCallback | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         if len(self) >= self.max_messages:
             raise BufferError("Local: Queue full")

@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most one retrain command per model every S seconds (default 21600)",
     )
     alerter.add_argument("--no-retrain", action="store_true", help="do not publish retrain commands")
+    alerter.add_argument(
+        "--worker-group",
+        action="append",
+        metavar="G",
+        help="stream worker group to watch for RecwatchWorkerStalled (repeatable; default recwatch-worker)",
+    )
+    alerter.add_argument(
+        "--worker-stall-s",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="RecwatchWorkerStalled fires after S s without a committed offset moving while the lag grows",
+    )
 
     update = sub.add_parser(
         "update", help="publish a closed-loop command on recwatch.model-updates.v1 (retrain, deploy, promote, rollback)"
@@ -470,6 +483,8 @@ def _alerter(settings: Settings, args: argparse.Namespace) -> int:
         group_id=args.group,
         threshold=args.threshold,
         watchers=watchers,
+        worker_groups=args.worker_group or ["recwatch-worker"],
+        worker_stall_s=args.worker_stall_s,
     )
     for receiver in receivers:
         receiver.start()

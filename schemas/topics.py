@@ -19,4 +19,8 @@ MODEL_UPDATES: Final = "recwatch.model-updates.v1"
 DEAD_LETTER: Final = "recwatch.dead-letter.v1"
 """Undecodable or invalid input, raw bytes with the reason in headers."""
 
+REPLAYED_HEADER: Final = "recwatch-replayed"
+"""Header of an inference event a model server sends again from its spool (Kafka was down or did not acknowledge
+it). Such a record may be a copy of one Kafka already has: the worker checks it by event_id (and only it)."""
+
 ALL: Final = (INFERENCE, FEEDBACK, METRICS, ANOMALIES, ALERTS, MODEL_UPDATES, DEAD_LETTER)

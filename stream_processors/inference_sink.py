@@ -35,7 +35,7 @@ from store.base import InputStore, Store, StoreError
 from store.sql import string_literal
 from stream_processors.decode import Rejected, decode_inference
 from stream_processors.protobuf_ingest import ParseFailed, PredictionColumns, ingest, rebuild_deltas
-from stream_processors.records import Record
+from stream_processors.records import Record, replayed
 from stream_processors.window_rows import (
     EVENT_COLUMNS,
     STATE_SELECT,
@@ -286,25 +286,25 @@ class InferenceSink:
     def _copies(self, events: Sequence[tuple[Record, InferenceEvent]]) -> set[tuple[int, int]]:
         """(partition, offset) of the events that are a later copy of an event: the same ``event_id`` in the same
         partition at a lower offset, stored or in this batch (a model server that lost Kafka's acknowledgement of
-        an event it had sent spools and sends it again). As ``protobuf_ingest._copies_sql``: only events not
-        newer than every earlier one of their partition can be copies, and only those are looked up."""
-        running = dict(self._max_event_us)
+        an event it had sent spools it and sends it again, with the ``recwatch-replayed`` header). As
+        ``protobuf_ingest._copies_sql``: only the replayed events are looked up."""
+        suspects = replayed(m for m, _ in events)
+        if not suspects:
+            return set()
         first: dict[tuple[int, str], int] = {}
-        copies: set[tuple[int, int]] = set()
-        suspects: list[tuple[Record, InferenceEvent]] = []
         for msg, ev in events:
-            p, t = msg.partition, ev.received_us
-            key = (p, ev.event_id)
-            if key in first:
-                copies.add((p, msg.offset))
+            first.setdefault((msg.partition, ev.event_id), msg.offset)
+        copies: set[tuple[int, int]] = set()
+        looked_up: list[tuple[Record, InferenceEvent]] = []
+        for msg, ev in events:
+            if (msg.partition, msg.offset) not in suspects:
                 continue
-            first[key] = msg.offset
-            if t <= running.get(p, 0):
-                suspects.append((msg, ev))
+            if first[(msg.partition, ev.event_id)] < msg.offset:
+                copies.add((msg.partition, msg.offset))  # (an earlier copy in this batch)
             else:
-                running[p] = t
-        for start in range(0, len(suspects), 1000):  # (18.16's query size limit: 256 KiB)
-            chunk = suspects[start : start + 1000]
+                looked_up.append((msg, ev))
+        for start in range(0, len(looked_up), 1000):  # (18.16's query size limit: 256 KiB)
+            chunk = looked_up[start : start + 1000]
             times = [ev.received_us // 1_000_000 for _, ev in chunk]
             models = ", ".join(string_literal(m) for m in sorted({ev.model for _, ev in chunk}))
             ids = ", ".join(string_literal(ev.event_id) for _, ev in chunk)

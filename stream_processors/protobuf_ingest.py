@@ -40,7 +40,7 @@ import pyarrow as pa
 import schemas
 from store.base import InputStore, QueryError, Store
 from stream_processors.decode import EARLIEST_US, MAX_FUTURE_US
-from stream_processors.records import Record
+from stream_processors.records import Record, replayed
 from stream_processors.sketch import GAMMA, LatencySketch
 from stream_processors.window_rows import EVENT_COLUMNS, SCORE_BINS, WindowKey, WindowState, key_of_row
 
@@ -56,7 +56,7 @@ _STRUCTURE: Final = (
     "inputs Nested(name String, dtype String, shape Array(Int64)), "
     "outputs Nested(name String, count UInt32, mean Float32, min Float32, max Float32, head Array(Float32)), "
     "user_id String, item_ids Array(String), producer Tuple(dropped UInt64, spooled UInt64), "
-    "process_rss_bytes UInt64)"
+    "process_rss_bytes UInt64), replayed UInt8"
 )
 
 RAW_COLUMNS: Final = EVENT_COLUMNS  # inference_events columns, as the Python path writes them
@@ -88,7 +88,7 @@ def _staging_select(now_us: int) -> str:
         f"{e}.received_us < {EARLIEST_US}, 'received_us_too_old', "
         f"{e}.received_us > {now_us + MAX_FUTURE_US}, 'received_us_in_future', '')"
     )
-    return f"kafka_partition, kafka_offset, event, {reason} AS reason"
+    return f"kafka_partition, kafka_offset, event, replayed, {reason} AS reason"
 
 
 # How each raw row column (and the extras the windows read) comes out of a staged envelope
@@ -254,11 +254,12 @@ class ParseFailed(Exception):
     """The engine could not parse the batch's bytes as envelopes (some message is not an InferenceEvent)."""
 
 
-def frame(messages: Sequence[Record]) -> bytes:
+def frame(messages: Sequence[Record], replayed: set[tuple[int, int]] = frozenset()) -> bytes:  # type: ignore[assignment]
     """The length-delimited ``InferenceEnvelope`` stream around the messages' bytes (each must be non-empty).
 
     Per message: the envelope's length, the fixed-width partition and offset fields, the event field's tag and
-    length, then the message bytes as they came from Kafka (~0.5 µs; nothing is decoded)."""
+    length, then the message bytes as they came from Kafka (~0.5 µs; nothing is decoded), and for the
+    ``replayed`` (partition, offset) the flag field."""
     out = bytearray()
     pack = _HEAD.pack
     for m in messages:
@@ -266,11 +267,16 @@ def frame(messages: Sequence[Record]) -> bytes:
         assert value
         n = len(value)
         size = _varint(n)
-        out += _varint(_HEAD.size + len(size) + n)
+        flag = _REPLAYED_FIELD if replayed and (m.partition, m.offset) in replayed else b""
+        out += _varint(_HEAD.size + len(size) + n + len(flag))
         out += pack(0x0D, m.partition, 0x11, m.offset, 0x1A)  # field 1 fixed32, field 2 fixed64, field 3 bytes
         out += size
         out += value
+        out += flag
     return bytes(out)
+
+
+_REPLAYED_FIELD: Final = b"\x20\x01"  # field 4 (varint): true
 
 
 _HEAD: Final = struct.Struct("<BiBqB")
@@ -312,9 +318,12 @@ def ingest(
     new = _per_partition("kafka_offset >", high_water, -1)
     unfolded = _per_partition("kafka_offset >", progress, -1)
     seed = _per_partition("", max_event_us, 0)
-    valid = (
-        f"reason = '' AND (kafka_partition, kafka_offset) NOT IN (SELECT kafka_partition, kafka_offset FROM {stg}_c)"
-    )
+    suspects = replayed(messages)
+    valid = "reason = ''"
+    copy_statements: list[tuple[str, str]] = []
+    if suspects:  # (a spool replay: nothing of this runs for live traffic)
+        valid += f" AND (kafka_partition, kafka_offset) NOT IN (SELECT kafka_partition, kafka_offset FROM {stg}_c)"
+        copy_statements = [*_copies_sql(stg), (f"SELECT count() FROM {stg}_c", "JSONCompact")]
     statements: list[tuple[str, str]] = [
         (
             f"CREATE TABLE {stg} ENGINE = Memory AS SELECT {_staging_select(now_us)} "
@@ -322,7 +331,7 @@ def ingest(
             f"SETTINGS format_schema = '{SCHEMA}:InferenceEnvelope'",
             "",
         ),
-        *_copies_sql(stg, seed),
+        *copy_statements,
         (
             f"SELECT kafka_partition, kafka_offset, reason FROM {stg} WHERE reason != '' "
             f"ORDER BY kafka_partition, kafka_offset {_ONE_THREAD}",
@@ -348,39 +357,35 @@ def ingest(
             f"{_ONE_THREAD}",
             "ArrowStream",
         ),
-        (f"SELECT count() FROM {stg}_c", "JSONCompact"),
     ]
-    cleanup = [f"DROP TABLE IF EXISTS {stg}", f"DROP TABLE IF EXISTS {stg}_s", f"DROP TABLE IF EXISTS {stg}_c"]
+    cleanup = [f"DROP TABLE IF EXISTS {stg}{suffix}" for suffix in ("", "_s", "_c")[: 3 if suspects else 1]]
     try:
-        out = store.run_over_input(frame(messages), statements, cleanup=cleanup)
+        out = store.run_over_input(frame(messages, suspects), statements, cleanup=cleanup)
     except QueryError as exc:
         if exc.sql.startswith(f"CREATE TABLE {stg} "):
             raise ParseFailed(str(exc)) from exc
         raise
-    rejected = [(int(p), int(o), str(r)) for p, o, r in _rows(out[3])]
-    deltas, folded = _deltas(_rows(out[5]))
-    predictions = _predictions(out[6])
+    copies = int(_rows(out[len(copy_statements)])[0][0]) if suspects else 0
+    out = out[1 + len(copy_statements) :]
+    rejected = [(int(p), int(o), str(r)) for p, o, r in _rows(out[0])]
+    deltas, folded = _deltas(_rows(out[2]))
+    predictions = _predictions(out[3])
     written = sum(
         end - predictions.first_after(start, end, high_water[p])
         for p, (start, end) in predictions.partition_slices().items()
     )
-    copies = int(_rows(out[7])[0][0])
     return IngestResult(rejected, written, len(predictions) - written + copies, deltas, folded, predictions, copies)
 
 
-def _copies_sql(stg: str, seed: str) -> list[tuple[str, str]]:
-    """Two statements: ``{stg}_c`` = (partition, offset) of the staged events that are a later copy of an event
-    (same ``event_id`` in the same partition at a lower offset, stored or staged). A model server that lost
-    Kafka's acknowledgement of an event it had sent (a broker killed mid-request) spools and sends it again: a
-    copy at a new offset, which offsets alone cannot tell from a new event. Only events not newer than every
-    earlier one of their partition can be copies (a copy follows its original, which has its time): the lookup
-    touches those, within their time range, and nothing for a stream in time order."""
+def _copies_sql(stg: str) -> list[tuple[str, str]]:
+    """Two statements: ``{stg}_c`` = (partition, offset) of the staged events that are a later copy of an event:
+    the same ``event_id`` in the same partition at a lower offset, stored or staged. A model server that lost
+    Kafka's acknowledgement of an event it had sent (a broker killed mid-request) spools it and sends it again
+    (``producers.replay``, with the ``recwatch-replayed`` header): a copy at a new offset, which offsets alone
+    cannot tell from a new event. Only the replayed events are looked up, within their time range."""
     suspects = (
         f"CREATE TABLE {stg}_s ENGINE = Memory AS SELECT kafka_partition, kafka_offset, event.event_id AS id, "
-        "event.model AS m, event.received_us AS t FROM (SELECT kafka_partition, kafka_offset, reason, event, "
-        "max(event.received_us) OVER (PARTITION BY kafka_partition ORDER BY kafka_offset ROWS BETWEEN UNBOUNDED "
-        f"PRECEDING AND 1 PRECEDING) AS before FROM {stg}) WHERE reason = '' AND event.received_us <= "
-        f"greatest(before, {seed}) {_ONE_THREAD}"
+        f"event.model AS m, event.received_us AS t FROM {stg} WHERE reason = '' AND replayed {_ONE_THREAD}"
     )
     firsts = (
         "SELECT id, p, min(o) AS first FROM ("

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["Message", "Record"]
+from schemas.topics import REPLAYED_HEADER
+
+__all__ = ["Message", "Record", "replayed"]
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,7 @@ class Message:
     partition: int
     offset: int
     value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
 
 
 class Record(Protocol):
@@ -28,3 +32,12 @@ class Record(Protocol):
 
     @property
     def value(self) -> bytes | None: ...
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+def replayed(records: Iterable[Record]) -> set[tuple[int, int]]:
+    """(partition, offset) of the records a model server sent again from its spool (``schemas.topics.
+    REPLAYED_HEADER``): the only ones that may be a copy of an event Kafka already has."""
+    return {(r.partition, r.offset) for r in records if r.headers and any(k == REPLAYED_HEADER for k, _ in r.headers)}

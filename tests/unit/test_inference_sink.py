@@ -148,14 +148,15 @@ def test_a_copy_of_an_event_at_a_new_offset_is_neither_stored_nor_counted_again(
     first = [Message(0, o, _event(o, second=o % 25)) for o in range(40)]
     sink.write_batch(first)
     # offsets 40..: live events interleaved with copies of events 5, 17 (earlier batch) and 41 (this batch)
+    replay = ((topics.REPLAYED_HEADER, b"1"),)
     later = [
         Message(0, 40, _event(40, second=20)),
         Message(0, 41, _event(41, second=21)),
-        Message(0, 42, _event(5, second=5)),
+        Message(0, 42, _event(5, second=5), replay),
         Message(0, 43, _event(42, second=22)),
-        Message(0, 44, _event(17, second=17)),
-        Message(0, 45, _event(41, second=21)),
-        Message(0, 46, _event(43, second=10)),  # older than the partition's newest, but no copy: stored
+        Message(0, 44, _event(17, second=17), replay),
+        Message(0, 45, _event(41, second=21), replay),
+        Message(0, 46, _event(43, second=10), replay),  # replayed, but no copy: stored
     ]
     result = sink.write_batch(later)
     assert result.events_written == 4
