@@ -21,16 +21,17 @@ Labels: ``alertname`` (one per metric, Prometheus style: ``RecwatchLatencyP99Hig
 ``sql``: a query against the documented views (docs/tables.md) showing the series from 10 min before to 10 min
 after the first anomaly.
 
-Pure logic: time comes from the windows, state is plain data and pickles (checkpointed with the detectors).
+Pure logic: time comes from the windows, state is plain data (``to_json``: checkpointed with the detectors).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from detection.series import Point
 from schemas import Alert
@@ -132,6 +133,24 @@ class AlertRules:
             f"for {self.resolve_after} windows"
         )
         return [AlertEvent("resolved", alert)]
+
+    def to_json(self) -> dict[str, Any]:
+        """The open alerts as JSON-able data (the parameters come from the alerter's configuration)."""
+        return {
+            fp: {
+                "alert": o.alert.SerializeToString().hex(),
+                "clean": o.clean,
+                "first_clean_us": o.first_clean_us,
+                "worst_score": o.worst_score,
+            }
+            for fp, o in self.open.items()
+        }
+
+    def restore_json(self, data: Mapping[str, Any]) -> None:
+        self.open = {}
+        for fp, o in data.items():
+            alert = Alert.FromString(bytes.fromhex(o["alert"]))
+            self.open[fp] = _Open(alert, int(o["clean"]), int(o["first_clean_us"]), float(o["worst_score"]))
 
     def _severity(self, p: Point) -> str:
         if p.metric not in self.critical_metrics:

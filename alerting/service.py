@@ -22,9 +22,8 @@ A notifier that raises is logged; the others still run.
 
 from __future__ import annotations
 
-import base64
+import json
 import logging
-import pickle
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from google.protobuf.message import DecodeError
 
 from alerting.rules import AlertEvent, AlertRules
 from alerting.worker_health import Offsets, StallRule
-from detection.series import Point, SeriesMonitor
+from detection.series import CHECKPOINT_VERSION, Point, SeriesMonitor, load_state
 from schemas import Alert, WindowAggregate, topics
 from store.base import Store, StoreError
 from stream_processors.attribution import BusinessWindow
@@ -99,6 +98,7 @@ class AlerterStats:
     resolved: int = 0
     checkpoints: int = 0
     delivery_errors: int = 0
+    store_errors: int = 0  # polls the store failed (rewound to the last checkpoint and read again)
 
 
 class AlertService:
@@ -202,14 +202,45 @@ class AlertService:
             watcher.close()
 
     def run(self, stop: threading.Event, poll_timeout_s: float = 1.0) -> None:
-        """Poll until ``stop`` is set (starts the service if needed; closes it on return)."""
+        """Poll until ``stop`` is set (starts the service if needed; closes it on return). A poll the store fails
+        (an insert, an alert's outbox row) is not checkpointed: the service goes back to its last checkpoint
+        (``rewind``) and reads those windows again once the store answers, so no alert is lost."""
         if self._consumer is None:
             self.start()
+        delay, rewind = 0.5, False
         try:
             while not stop.is_set():
-                self.poll_once(poll_timeout_s)
+                try:
+                    if rewind:
+                        self.rewind()
+                        rewind = False
+                    self.poll_once(poll_timeout_s)
+                    delay = 0.5
+                except StoreError as exc:
+                    self.stats.store_errors += 1
+                    log.warning("store error (%s): back to the last checkpoint, retrying in %.1f s", exc, delay)
+                    rewind = True
+                    stop.wait(delay)
+                    delay = min(2 * delay, 10.0)
         finally:
             self.close()
+
+    def rewind(self) -> None:
+        """Back to the last checkpoint: detectors, rules and progress from the store, the consumer to its committed
+        offsets (what was read since is read again)."""
+        self.monitor = SeriesMonitor(self.threshold)
+        self.rules = AlertRules(threshold=self.threshold, resolve_after=self.rules.resolve_after)
+        self.stall = StallRule(stall_s=self.stall.stall_s)
+        self.business_through_s = None
+        self._next_business_poll = 0.0
+        self.restore()
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        assignment = self._consumer.assignment()
+        if assignment:
+            for tp in self._consumer.committed(assignment, timeout=10):
+                offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     # -- one step --------------------------------------------------------------------------------------------------
 
@@ -394,6 +425,8 @@ class AlertService:
             for notifier in self.notifiers:
                 try:
                     notifier.notify(notified)
+                except StoreError:
+                    raise  # an outbox that could not store the notification: fail the poll, do not checkpoint it
                 except Exception:
                     log.exception("notifier %r failed on %d alerts", notifier, len(notified))
 
@@ -421,13 +454,20 @@ class AlertService:
             return False
         now_us = self._now_us()
         rows = self.monitor.checkpoint(now_us)
-        state = {"rules": self.rules, "business_through_s": self.business_through_s, "stall": self.stall.to_json()}
+        state = {
+            "v": CHECKPOINT_VERSION,
+            "state": {
+                "open": self.rules.to_json(),
+                "business_through_s": self.business_through_s,
+                "stall": self.stall.to_json(),
+            },
+        }
         rows.append(
             {
                 "series": _RULES_SERIES,
                 "detector": "alert_rules",
                 "through_us": (self.business_through_s or 0) * _US,
-                "state": base64.b64encode(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii"),
+                "state": json.dumps(state, separators=(",", ":")),
                 "updated_us": now_us,
             }
         )
@@ -459,9 +499,11 @@ class AlertService:
             name = str(series)[len(prefix) :]
             self._last_updated_us = max(self._last_updated_us, int(updated_us))
             if name == _RULES_SERIES:
-                saved = pickle.loads(base64.b64decode(state))
-                self.rules = saved["rules"]
-                self.rules.threshold = self.threshold
+                saved = load_state(str(state), dict)
+                if isinstance(saved.get("rules"), AlertRules):  # version 0: the pickled AlertRules
+                    self.rules.open = saved["rules"].open
+                else:
+                    self.rules.restore_json(saved["open"])
                 self.business_through_s = saved["business_through_s"]
                 self.stall = StallRule.from_json(saved.get("stall", {}), stall_s=self.stall.stall_s)
                 continue

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["Direction", "LiveDetector"]
 
@@ -96,6 +96,33 @@ class LiveDetector:
         self.n = 0
         self.baseline = math.nan
         self.z = 0.0
+
+    _PARAMS = ("direction", "warmup", "rel_floor", "abs_floor", "z_alert", "cusum_k", "cusum_h", "z_cap", "learn_z",
+               "relearn_after")  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """The whole state as JSON-able data (``from_json`` continues identically)."""
+        return {
+            **{name: getattr(self, name) for name in self._PARAMS},
+            "window": self.normal.maxlen,
+            "normal": list(self.normal),
+            "rejected": list(self.rejected),
+            "s_up": self.s_up,
+            "s_down": self.s_down,
+            "n": self.n,
+            "baseline": None if math.isnan(self.baseline) else self.baseline,
+            "z": self.z,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LiveDetector:
+        det = cls(**{name: data[name] for name in cls._PARAMS}, window=int(data["window"]))
+        det.normal.extend(float(v) for v in data["normal"])
+        det.rejected.extend(float(v) for v in data["rejected"])
+        det.s_up, det.s_down, det.n = float(data["s_up"]), float(data["s_down"]), int(data["n"])
+        det.baseline = math.nan if data["baseline"] is None else float(data["baseline"])
+        det.z = float(data["z"])
+        return det
 
     def spread(self) -> float:
         """The baseline's robust standard deviation, floored (see the module docstring)."""

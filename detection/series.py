@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 import pickle
 from collections.abc import Callable, Iterable, Mapping
@@ -261,7 +262,7 @@ class SeriesMonitor:
             if series.startswith("through:"):
                 self.through_us[series.removeprefix("through:")] = int(row["through_us"])
             elif row["detector"] == DETECTOR and row["state"]:
-                det = pickle.loads(base64.b64decode(row["state"]))
+                det = load_state(str(row["state"]), LiveDetector.from_json)
                 if isinstance(det, LiveDetector):
                     self.detectors[series] = det
         self._dirty.clear()
@@ -275,8 +276,23 @@ def _group_of(series: str) -> str:
     return f"{spec.source if spec else 'metrics'}/{model_version_label}{at}{replica}"
 
 
-def _dump(obj: object) -> str:
-    return base64.b64encode(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+CHECKPOINT_VERSION = 1
+"""Checkpoint states are ``{"v": 1, "state": ...}`` JSON. Version 0 (until 2026-12) was a base64 pickle: still
+read, so a deploy restores the previous release's checkpoints; it is never written again."""
+
+
+def _dump(det: LiveDetector) -> str:
+    return json.dumps({"v": CHECKPOINT_VERSION, "state": det.to_json()}, separators=(",", ":"))
+
+
+def load_state(text: str, from_json: Callable[[Any], Any]) -> Any:
+    """A checkpoint state of any version: JSON (``from_json`` builds it) or a version-0 base64 pickle."""
+    if text.startswith("{"):
+        data = json.loads(text)
+        if int(data.get("v", 0)) > CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint format {data['v']} is newer than this release's ({CHECKPOINT_VERSION})")
+        return from_json(data["state"])
+    return pickle.loads(base64.b64decode(text))  # version 0: written by an earlier release (trusted: our store)
 
 
 def _row(series: str, detector: str, through_us: int, state: str, updated_us: int) -> dict[str, Any]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 import random
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -16,7 +17,7 @@ from confluent_kafka import Consumer, Producer
 from alerting.service import AlertService, RecordingNotifier
 from infra import kafka
 from schemas import Alert, Anomaly, WindowAggregate
-from store import Store
+from store import Store, StoreUnavailableError
 
 pytestmark = pytest.mark.integration
 
@@ -232,3 +233,54 @@ def test_the_documented_queries_run(migrated_store: Store) -> None:
     assert len(queries) == 3
     for sql in queries:
         migrated_store.query(sql.strip())
+
+
+class FailingOutbox(RecordingNotifier):
+    """An outbox whose store write fails the first ``failures`` times (the store restarting)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def notify(self, alerts: Sequence[Alert]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailableError("outbox: the store did not answer")
+        super().notify(alerts)
+
+
+@pytest.mark.parametrize("store_url", ["chdb"], indirect=True)
+def test_an_alert_whose_outbox_write_fails_is_not_lost(
+    kafka_bootstrap: str, migrated_store: Store, topic_names: dict[str, str]
+) -> None:
+    """The poll fails and is not checkpointed: the alerter goes back to its last checkpoint, reads the windows
+    again, and the alert reaches the outbox once the store answers (the process keeps running)."""
+    outbox = FailingOutbox(failures=2)
+    svc = AlertService(
+        migrated_store,
+        kafka_bootstrap,
+        notifiers=[outbox],
+        group_id=f"alerter-{uuid.uuid4().hex[:8]}",
+        metrics_topic=topic_names["metrics"],
+        anomalies_topic=topic_names["anomalies"],
+        alerts_topic=topic_names["alerts"],
+    )
+    rng = random.Random(9)
+    p99s = [40_000 * (1 + rng.uniform(-0.15, 0.15)) for _ in range(20)] + [250_000.0]
+    start_s = int(time.time()) // 10 * 10 - 600
+    _produce(kafka_bootstrap, topic_names["metrics"], [w.SerializeToString() for w in _windows(start_s, p99s)])
+    stop = threading.Event()
+    runner = threading.Thread(target=svc.run, args=(stop, 0.5), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not outbox.alerts and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert [a.status for a in outbox.alerts] == [Alert.FIRING]
+    assert svc.stats.store_errors == 2 and outbox.failures == 0
+    rows = migrated_store.query("SELECT status, alertname FROM alerts FINAL").rows
+    assert rows == [("FIRING", "RecwatchLatencyP99High")]
+    assert migrated_store.query("SELECT count() FROM anomalies FINAL").scalar() == 1

@@ -123,6 +123,17 @@ def test_sql_names_the_right_view_per_metric_and_escapes_literals() -> None:
     assert "model = 'o\\'brien\\\\x'" in sql("error_rate", model="o'brien\\x")
 
 
+def test_state_round_trips_through_json_and_continues() -> None:
+    import json
+
+    rules = AlertRules()
+    run(rules, [0.95, 0.2])
+    clone = AlertRules()
+    clone.restore_json(json.loads(json.dumps(rules.to_json())))
+    kinds = [e.kind for e in clone.step(point(2, 0.1))] + [e.kind for e in clone.step(point(3, 0.1))]
+    assert kinds == ["resolved"]
+
+
 def test_state_pickles_and_continues() -> None:
     rules = AlertRules()
     run(rules, [0.95, 0.2])

@@ -217,6 +217,38 @@ def test_pickled_state_scores_identically() -> None:
     assert [clone.update(10.0 * i, v) for i, v in rest] == [det.update(10.0 * i, v) for i, v in rest]
 
 
+def test_json_state_scores_identically_and_the_checkpoint_of_the_previous_format_restores() -> None:
+    """A checkpoint row is versioned JSON now; a row written by the previous release (version 0, a base64 pickle)
+    still restores after a deploy, and both continue exactly where the detector was."""
+    import base64
+    import json
+
+    from detection.series import CHECKPOINT_VERSION, SeriesMonitor
+
+    values = simulate("latency_p99_us", 11, fault=True)
+    det = detector_for("latency_p99_us")
+    for i, v in enumerate(values[:50]):
+        det.update(10.0 * i, v)
+    text = json.dumps({"v": CHECKPOINT_VERSION, "state": det.to_json()})
+    clone = LiveDetector.from_json(json.loads(text)["state"])
+    legacy = base64.b64encode(pickle.dumps(det)).decode("ascii")  # as the previous release wrote it
+    restored = {}
+    for name, state in (("json", text), ("v0", legacy)):
+        monitor = SeriesMonitor(0.9)
+        monitor.restore([{"series": "ranker/1/stable/latency_p99_us", "detector": "live", "through_us": 1,
+                          "state": state}])  # fmt: skip
+        restored[name] = monitor.detectors["ranker/1/stable/latency_p99_us"]
+    rest = list(enumerate(values[50:], start=50))
+    want = [det.update(10.0 * i, v) for i, v in rest]
+    assert [clone.update(10.0 * i, v) for i, v in rest] == want
+    for d in restored.values():
+        assert [d.update(10.0 * i, v) for i, v in rest] == want
+    monitor = SeriesMonitor(0.9)
+    monitor.detectors["ranker/1/stable/latency_p99_us"] = LiveDetector.from_json(json.loads(text)["state"])
+    (row,) = monitor.checkpoint(5, everything=True)
+    assert json.loads(row["state"])["v"] == CHECKPOINT_VERSION  # never a pickle again
+
+
 def test_registered_as_live() -> None:
     assert isinstance(make_detector("live"), LiveDetector)
     assert "live" in DETECTORS
