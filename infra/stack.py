@@ -84,9 +84,31 @@ def ensure_recwatch_topics(settings: Settings, bootstrap: str) -> None:
         brokers = len(AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).brokers)
     except Exception as exc:
         raise InfraError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
-    kafka.ensure_topics(
-        bootstrap, dict.fromkeys(topics.ALL, settings.topic_partitions), replication=max(1, min(brokers, 3))
-    )
+    create_topics(bootstrap, settings.topic_partitions, replication=max(1, min(brokers, 3)))
+
+
+def topic_configs(replication: int) -> dict[str, dict[str, str]]:
+    """Each recwatch topic's config: with 3 replicas a write needs 2 in sync (acks=all then survives one broker
+    lost); the model-updates topic keeps its history (the controller, the trainer and the alerter's retrain rules
+    rebuild their state by replaying it: time-based deletion would lose deployments)."""
+    configs: dict[str, dict[str, str]] = {}
+    for name in topics.ALL:
+        config = {"min.insync.replicas": "2"} if replication >= 3 else {}
+        if name == topics.MODEL_UPDATES:
+            config["retention.ms"] = "-1"
+        configs[name] = config
+    return configs
+
+
+def create_topics(bootstrap: str, partitions: int, *, replication: int) -> None:
+    """The missing recwatch topics, with ``topic_configs``."""
+    by_config: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for name, config in topic_configs(replication).items():
+        by_config.setdefault(tuple(sorted(config.items())), []).append(name)
+    for config_items, names in by_config.items():
+        kafka.ensure_topics(
+            bootstrap, dict.fromkeys(names, partitions), replication=replication, config=dict(config_items)
+        )
 
 
 def _daemon_pid_file(settings: Settings) -> Path:
@@ -104,7 +126,7 @@ def up(settings: Settings, *, brokers: int = 1, store_kind: StoreKind = "embedde
         cluster = kafka.start(settings.home, cache=settings.cache, brokers=brokers, base_port=settings.kafka_port)
         bootstrap, managed = cluster.bootstrap, True
         log(f"kafka {cluster.version}: {bootstrap} ({brokers} broker(s), {time.monotonic() - started:.1f} s)")
-    kafka.ensure_topics(bootstrap, dict.fromkeys(topics.ALL, settings.topic_partitions), replication=min(brokers, 3))
+    create_topics(bootstrap, settings.topic_partitions, replication=min(brokers, 3))
 
     if store_kind == "server":
         server = clickhouse_server.start(settings.home, port=settings.clickhouse_port)

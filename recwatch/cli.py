@@ -409,7 +409,7 @@ def _kafka_and_store(settings: Settings, wait: bool = False) -> tuple[str, Any]:
     stack.ensure_recwatch_topics(settings, bootstrap)
     delay = 0.2
     while True:
-        store = open_store(stack.store_url(settings))
+        store = open_store(stack.store_url(settings), long_running=True)
         try:
             store.connect()
             migrate(store)

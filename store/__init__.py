@@ -26,19 +26,21 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, long_running: bool = False) -> Store:
     """A store for ``url`` (not yet connected).
 
-    For ``chdb://`` the store daemon of that directory is used when it runs or has run before (a stopped one is
-    waited for: calls raise ``StoreUnavailableError`` until it is back), else chDB is opened in this process
-    (which then owns the directory until ``close``).
+    For ``chdb://`` the running store daemon of that directory is used, else chDB is opened in this process (which
+    then owns the directory until ``close``). ``long_running`` (the worker, the alerter, the controller, the
+    trainer): a directory that has had a daemon is only ever reached through it, also while it is down (calls raise
+    ``StoreUnavailableError`` until it is back): a process that opened it in-process would lock the restarted
+    daemon out for as long as it runs.
     """
     parsed = parse_store_url(url)
     if parsed.scheme == "chdb":
         assert parsed.path is not None
-        from store.daemon import ChdbDaemonStore, has_daemon
+        from store.daemon import ChdbDaemonStore, find_daemon, has_daemon
 
-        if has_daemon(parsed.path):  # running, or it ran before: it is restarted, never locked out by us
+        if find_daemon(parsed.path) is not None or (long_running and has_daemon(parsed.path)):
             return ChdbDaemonStore(parsed.path, parsed.database)
         from store.chdb_local import ChdbStore
 

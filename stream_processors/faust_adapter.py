@@ -321,6 +321,7 @@ class _FaustDeadLetters:
     async def send(self, rejected: Sequence[Rejected]) -> None:
         futures = [
             await self.topic.send(
+                force=True,  # now, not attached to the event being processed (sent when it is acked: never)
                 value=r.value,
                 headers={
                     "recwatch-reason": r.reason.encode(),

@@ -266,6 +266,8 @@ class Pipeline(Generic[S]):
         self._broken = False  # a completion failed: later ones must not run (sink thread)
         self._failures = 0  # store errors in a row
         self._lettered: set[tuple[int, int]] = set()  # (partition, offset) delivered, not yet done
+        self._finisher: asyncio.Future[None] | None = None  # finishes completed batches between takes
+        self._error: BaseException | None = None
 
     async def run(self, source: Source) -> None:
         """Process every take of ``source``, then wait until all are done."""
@@ -280,6 +282,8 @@ class Pipeline(Generic[S]):
         if not batches:
             done(take)  # (an empty take: nothing to store)
             return
+        if self._error is not None:
+            raise self._error
         progress = _Progress(take, done, len(batches))
         queued = [_Batch(progress, b, frozenset(r.partition for r in b)) for b in batches]
         seen = self.stats.first_seen
@@ -292,6 +296,8 @@ class Pipeline(Generic[S]):
 
     async def drain(self) -> None:
         """Wait until every queued batch is done."""
+        if self._error is not None:
+            raise self._error
         async with self._busy:
             await self._run(0)
 
@@ -356,6 +362,23 @@ class Pipeline(Generic[S]):
         # an error is read where the batch is finished or settled; a future dropped unread (a bug propagating, a
         # cancelled worker) must not log "exception was never retrieved" from whatever thread collects it
         batch.future.add_done_callback(_retrieve)
+        batch.future.add_done_callback(self._completed)
+
+    def _completed(self, _future: asyncio.Future[Written]) -> None:
+        """A completion ended: finish it now, not when the next take comes (a quiet stream has no next take, and
+        its last batches would stay unmarked, their offsets uncommitted)."""
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.ensure_future(self._finish_completed())
+
+    async def _finish_completed(self) -> None:
+        try:
+            async with self._busy:
+                await self._run(self.ahead)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: raised by the next process()/drain(), the caller stops
+            log.critical("%s: finishing batches failed: %r (raised by the next take)", self.topic, exc)
+            self._error = exc
 
     def _complete(self, staged: S) -> Written:  # on the sink thread, in batch order
         if self._broken:

@@ -110,6 +110,21 @@ def test_three_nodes_survive_losing_one(home: Path, cache: Path) -> None:
     assert all(n.pid is not None for n in cluster.nodes)
 
     kafka.ensure_topics(cluster.bootstrap, {"orders": 1}, replication=3, config={"min.insync.replicas": "2"})
+    # recwatch's own topics on 3 brokers: 2 replicas in sync per write; the model-updates history kept
+    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin._config import ConfigResource
+
+    from infra.stack import create_topics
+    from schemas import topics
+
+    create_topics(cluster.bootstrap, 2, replication=3)
+    admin = AdminClient({"bootstrap.servers": cluster.bootstrap})
+    wanted = [ConfigResource("topic", topics.INFERENCE), ConfigResource("topic", topics.MODEL_UPDATES)]
+    described = {r.name: f.result(timeout=30) for r, f in admin.describe_configs(wanted).items()}
+    assert described[topics.INFERENCE]["min.insync.replicas"].value == "2"
+    assert described[topics.MODEL_UPDATES]["min.insync.replicas"].value == "2"
+    assert described[topics.MODEL_UPDATES]["retention.ms"].value == "-1"
+    assert described[topics.INFERENCE]["retention.ms"].value != "-1"
     producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "message.timeout.ms": 90_000})
     _deliver(producer, "orders", b"before")
 

@@ -32,8 +32,9 @@ def test_a_client_reconnects_to_a_daemon_restarted_after_a_kill(tmp_path: Path) 
         daemon.wait(timeout=30)
         with pytest.raises(StoreUnavailableError):
             client.query("SELECT count() FROM detector_checkpoints")
-        # a client made while the daemon is down does not open the directory in-process (it would lock it)
-        late = open_store(f"chdb://{path}")
+        # a long-running client made while the daemon is down does not open the directory in-process (it would
+        # lock the restarted daemon out)
+        late = open_store(f"chdb://{path}", long_running=True)
         with pytest.raises(StoreUnavailableError):
             late.connect()
 

@@ -330,6 +330,30 @@ def test_a_completion_queued_behind_a_failed_one_does_not_run() -> None:
         _expect_exact(sink, source, dead)
 
 
+def test_the_last_take_of_a_quiet_stream_is_marked_done_without_a_next_take() -> None:
+    """Nothing comes after the last take (traffic stopped): its batches are finished when their completion ends,
+    so its offsets are committed, not left for a next take that never comes."""
+    sink = TestingSink()
+    dead = TestingDeadLetters()
+    source = CheckedSource(_values(), take_size=1000, sink=sink, dead=dead)
+    pipeline: Pipeline[Any] = Pipeline(sink, topic="t", dead_letters=dead, clock=TestingClock(), max_rows=60)
+
+    async def scenario() -> None:
+        (take,) = [t async for t in source.takes()]
+        await pipeline.process(take, source.done)  # returns with the last batches still completing
+        for _ in range(2000):
+            if source.done_takes:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError("the take was never marked done")
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        pipeline.close()
+    _expect_exact(sink, source, dead, faults=False)
+
+
 def test_the_doctests_run() -> None:
     for module in (stream_processors.pipeline, stream_processors.testing):
         result = doctest.testmod(module)
