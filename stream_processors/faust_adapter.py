@@ -333,6 +333,13 @@ class _FaustDeadLetters:
         await asyncio.gather(*futures)
 
 
+def _exit_on_bug(exc: BaseException) -> None:
+    """A bug, not a store fault (those are waited out): going on would skip what was not stored. Nothing unstored
+    is acknowledged; the next worker reads it again from the committed offsets."""
+    log.critical("worker pipeline failed; exiting", exc_info=exc)
+    os._exit(70)
+
+
 def create_app(settings: WorkerSettings, store: Store, clock: Clock | None = None) -> tuple[Any, Worker]:
     """A Faust app running a ``Worker`` over ``store`` (already connected and migrated)."""
     app = faust.App(
@@ -363,7 +370,7 @@ def create_app(settings: WorkerSettings, store: Store, clock: Clock | None = Non
         app.topic(settings.dead_letter_topic, value_serializer="raw", key_serializer="raw")
     )
     metrics = app.topic(settings.metrics_topic, value_serializer="raw", key_serializer="raw")
-    worker = Worker(settings, store, dead_letters, clock=clock)
+    worker = Worker(settings, store, dead_letters, clock=clock, on_fatal=_exit_on_bug)
 
     def source(stream: Any) -> FaustSource:
         return FaustSource(
@@ -375,10 +382,8 @@ def create_app(settings: WorkerSettings, store: Store, clock: Clock | None = Non
             await pipeline.run(source(stream))
         except asyncio.CancelledError:
             raise
-        except BaseException:
-            # a bug, not a store fault (those are waited out): going on would skip what was not stored
-            log.critical("worker pipeline failed; exiting (nothing unstored is acknowledged)", exc_info=True)
-            os._exit(70)
+        except BaseException as exc:
+            _exit_on_bug(exc)
 
     @app.agent(source_topic, name="inference-sink")
     async def inference_agent(stream: Any) -> None:

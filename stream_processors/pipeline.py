@@ -225,7 +225,9 @@ class Pipeline(Generic[S]):
     """One topic's takes through ``sink``; see the module docstring for the guarantees.
 
     ``sink_executor`` runs ``prepare``/``complete``/``forget``: pass the same single-thread executor to pipelines
-    whose sinks share state (the inference and feedback sinks share the feedback join). Construction does no I/O.
+    whose sinks share state (the inference and feedback sinks share the feedback join). ``on_fatal`` is called with
+    a bug (not a store error) found while finishing batches between takes, where no caller is waiting to see it.
+    Construction does no I/O.
     """
 
     def __init__(
@@ -242,6 +244,7 @@ class Pipeline(Generic[S]):
         sink_executor: Executor | None = None,
         ingest_executor: Executor | None = None,
         on_written: Callable[[Written], None] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.sink = sink
         self.topic = topic
@@ -260,6 +263,7 @@ class Pipeline(Generic[S]):
         if ingest_executor is None:
             self._owned.append(self._ingest_executor)
         self._on_written = on_written
+        self._on_fatal = on_fatal  # a bug found between takes (the worker exits on it)
         self._queue: collections.deque[_Batch] = collections.deque()  # not yet done, in order
         self._busy = asyncio.Lock()
         self._epoch = 0  # bumped by revoke: work of an older epoch is dropped
@@ -377,8 +381,10 @@ class Pipeline(Generic[S]):
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug: raised by the next process()/drain(), the caller stops
-            log.critical("%s: finishing batches failed: %r (raised by the next take)", self.topic, exc)
-            self._error = exc
+            log.critical("%s: finishing batches failed: %r", self.topic, exc)
+            self._error = exc  # (raised by the next process() or drain() too)
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
 
     def _complete(self, staged: S) -> Written:  # on the sink thread, in batch order
         if self._broken:

@@ -72,6 +72,7 @@ class Worker:
         dead_letters: DeadLetters,
         *,
         clock: Clock | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -92,6 +93,7 @@ class Worker:
             "max_rows": settings.batch_max_rows,
             "sink_executor": self._sink_thread,
             "ingest_executor": self._ingest_thread,
+            "on_fatal": on_fatal,
         }
         self.inference: Pipeline[Any] = Pipeline(
             InferenceRows(self.inference_sink, self.join),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import doctest
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -366,6 +367,38 @@ def test_a_non_store_error_is_not_swallowed() -> None:
 
     with pytest.raises(KeyError):
         _run(Buggy())
+
+
+def test_a_bug_found_between_takes_reaches_on_fatal_without_a_next_take() -> None:
+    released = threading.Event()
+
+    class Buggy(TestingSink):
+        def complete(self, staged: Any) -> Any:
+            released.wait(10)  # (on the sink thread) until process() has returned
+            raise KeyError("a bug")
+
+    fatal: list[BaseException] = []
+    sink = Buggy()
+    source = TestingSource(_values(), take_size=1000)
+    pipeline: Pipeline[Any] = Pipeline(
+        sink, topic="t", dead_letters=TestingDeadLetters(), clock=TestingClock(), max_rows=1000, on_fatal=fatal.append
+    )
+
+    async def scenario() -> None:
+        (take,) = [t async for t in source.takes()]
+        await pipeline.process(take, source.done)
+        released.set()
+        for _ in range(2000):
+            if fatal:
+                return
+            await asyncio.sleep(0.005)
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 30))
+    finally:
+        pipeline.close()
+    assert [type(e) for e in fatal] == [KeyError]
+    assert source.committed == {p: 0 for p in range(PARTITIONS)}
 
 
 def test_backoff_is_capped_exponential() -> None:
