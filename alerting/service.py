@@ -200,6 +200,8 @@ class AlertService:
             self._consumer = None
         for watcher in self.watchers:
             watcher.close()
+        if isinstance(self._worker_offsets, KafkaGroupOffsets):
+            self._worker_offsets.close()
 
     def run(self, stop: threading.Event, poll_timeout_s: float = 1.0) -> None:
         """Poll until ``stop`` is set (starts the service if needed; closes it on return). A poll the store fails
@@ -544,3 +546,9 @@ class KafkaGroupOffsets:
             _, end = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             out[(tp.topic, tp.partition)] = (int(tp.offset), int(end))
         return out
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self._admin = None
